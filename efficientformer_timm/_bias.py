@@ -1,0 +1,88 @@
+"""Relative-position attention bias that follows the real token grid.
+
+EfficientFormer learns one bias per head for every absolute offset (|dy|, |dx|) on its pretraining grid
+(7x7 for 224x224 input). Stored flat as ``attention_biases`` (heads, h0 * w0), it is a 2-D table over
+offsets. At another grid the table is resized bicubically (as timm does for LeViT / Swin bias tables) to
+one entry per offset of the new grid, so the ImageNet-trained biases carry over; at the pretraining grid
+the table is used unchanged.
+"""
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ['GridAttentionBias', 'relative_offset_index']
+
+
+def relative_offset_index(
+        grid: Tuple[int, int], query_stride: int = 1, device=None) -> torch.Tensor:
+    """Index into a flattened (H * W) offset table for queries on every ``query_stride``-th point of ``grid``.
+
+    Returns a (Nq, H * W) long tensor with Nq = ceil(H / s) * ceil(W / s).
+    """
+    height, width = grid
+    ky = torch.arange(height, device=device)
+    kx = torch.arange(width, device=device)
+    dy = (ky[::query_stride, None] - ky[None, :]).abs()  # (Qh, H)
+    dx = (kx[::query_stride, None] - kx[None, :]).abs()  # (Qw, W)
+    index = dy[:, None, :, None] * width + dx[None, :, None, :]  # (Qh, Qw, H, W)
+    return index.reshape(dy.shape[0] * dx.shape[0], height * width)
+
+
+class GridAttentionBias(nn.Module):
+    """Base for attention modules owning ``attention_biases`` over a (h0, w0) offset table.
+
+    ``attention_bias(grid)`` gives the (heads, Nq, Nk) bias for keys on ``grid``. In eval it is cached per
+    grid, device, dtype and parameter version (an in-place update such as ``load_state_dict`` invalidates
+    it); in train, while tracing or compiling it is recomputed so gradients reach the table.
+    """
+    attention_bias_cache: Dict[Tuple, torch.Tensor]
+
+    def _init_attention_bias(
+            self, num_heads: int, table_size: Tuple[int, int], query_stride: int = 1,
+            persistent_index: bool = True, device=None, dtype=None):
+        self.table_size = tuple(table_size)
+        self.query_stride = query_stride
+        self.attention_biases = nn.Parameter(
+            torch.zeros(num_heads, table_size[0] * table_size[1], device=device, dtype=dtype))
+        # Kept (and for V1 saved) only so that timm checkpoints load strictly; the index is derived per grid.
+        self.register_buffer(
+            'attention_bias_idxs', relative_offset_index(table_size, query_stride, device=device),
+            persistent=persistent_index)
+        self.attention_bias_cache = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.attention_bias_cache = {}
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        self.attention_bias_cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _compute_attention_bias(self, grid: Tuple[int, int]) -> torch.Tensor:
+        table = self.attention_biases
+        if tuple(grid) != self.table_size:
+            table = F.interpolate(
+                table.reshape(1, -1, *self.table_size).float(), size=tuple(grid), mode='bicubic',
+                align_corners=False, antialias=True,
+            )[0].to(table.dtype).flatten(1)
+            index = relative_offset_index(grid, self.query_stride, device=table.device)
+        else:
+            index = self.attention_bias_idxs
+        return table[:, index]
+
+    def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._compute_attention_bias(grid).to(dtype)
+        key = (int(grid[0]), int(grid[1]), self.attention_biases.device, dtype, self.attention_biases._version)
+        bias = self.attention_bias_cache.get(key)
+        if bias is None:
+            with torch.no_grad():
+                bias = self._compute_attention_bias(grid).to(dtype)
+            # one grid per input size: drop entries of older parameter versions
+            self.attention_bias_cache = {
+                k: v for k, v in self.attention_bias_cache.items() if k[-1] == key[-1]}
+            self.attention_bias_cache[key] = bias
+        return bias

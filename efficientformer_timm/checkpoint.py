@@ -1,0 +1,399 @@
+"""Checkpoint formats: timm, the authors' original release and transformers, detected from the keys.
+
+``convert_state_dict(state_dict, model)`` maps any of them to the model's own (timm) keys and checks the
+result against the model: a tensor that lands nowhere, a missing tensor or a wrong shape raises
+``CheckpointError`` naming the keys. The few deliberate exceptions are logged, never silent:
+per-output feature norms absent from a classification checkpoint are kept at their identity-like
+initialisation, and classifier heads are dropped when the model has none.
+"""
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    'CheckpointError', 'LoadReport', 'detect_format', 'original_to_timm', 'timm_to_original',
+    'transformers_to_timm', 'infer_model_name', 'convert_state_dict', 'read_checkpoint', 'load_checkpoint',
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model, or cannot be read."""
+
+
+@dataclass
+class LoadReport:
+    source_format: str
+    loaded: List[str] = field(default_factory=list)
+    initialised: List[str] = field(default_factory=list)  # model tensors the checkpoint does not have
+    dropped: List[str] = field(default_factory=list)  # checkpoint tensors the model does not use
+    skipped: List[str] = field(default_factory=list)  # strict=False only: mismatches left out
+
+
+def _is_v2(state_dict: Dict[str, torch.Tensor]) -> bool:
+    return any('.mid.' in k or '.mid_norm.' in k or 'talking_head' in k or k.startswith('stem.conv1.conv')
+               for k in state_dict)
+
+
+def detect_format(state_dict: Dict[str, torch.Tensor]) -> str:
+    """'timm', 'original' or 'transformers'; raises CheckpointError when the keys match none."""
+    keys = list(state_dict)
+    if any(k.startswith(('stem.', 'stages.')) for k in keys):
+        return 'timm'
+    if any(k.startswith(('patch_embed.0.', 'network.')) for k in keys):
+        return 'original'
+    if any(k.startswith(('efficientformer.', 'encoder.intermediate_stages.', 'patch_embed.convolution1'))
+           for k in keys):
+        return 'transformers'
+    raise CheckpointError(
+        'not an EfficientFormer checkpoint: no key starts with stem./stages. (timm), patch_embed./network. '
+        f'(original release) or efficientformer. (transformers); first keys: {keys[:5]}')
+
+
+# ---- the authors' original release: patch_embed.*, network.N (even N: stage N/2, odd N: downsample) ----
+
+_V1_BLOCK_RENAMES = [(r'layer_scale_(\d)$', r'ls\1.gamma')]
+_V2_BLOCK_RENAMES = [
+    (r'layer_scale_(\d)$', r'ls\1.gamma'),
+    (r'mlp\.fc1\.', 'mlp.fc1.conv.'), (r'mlp\.norm1\.', 'mlp.fc1.bn.'),
+    (r'mlp\.mid\.', 'mlp.mid.conv.'), (r'mlp\.mid_norm\.', 'mlp.mid.bn.'),
+    (r'mlp\.fc2\.', 'mlp.fc2.conv.'), (r'mlp\.norm2\.', 'mlp.fc2.bn.'),
+]
+_V2_ATTN_RENAMES = [
+    (r'q\.local\.0\.', 'q.local.'), (r'q\.proj\.0\.', 'q.proj.conv.'), (r'q\.proj\.1\.', 'q.proj.bn.'),
+    (r'^(q|k|v|v_local|stride_conv)\.0\.', r'\1.conv.'), (r'^(q|k|v|v_local|stride_conv)\.1\.', r'\1.bn.'),
+    (r'^proj\.1\.', 'proj.conv.'), (r'^proj\.2\.', 'proj.bn.'),
+]
+_STEM = {
+    False: {'patch_embed.0.': 'stem.conv1.', 'patch_embed.1.': 'stem.norm1.',
+            'patch_embed.3.': 'stem.conv2.', 'patch_embed.4.': 'stem.norm2.'},
+    True: {'patch_embed.0.': 'stem.conv1.conv.', 'patch_embed.1.': 'stem.conv1.bn.',
+           'patch_embed.3.': 'stem.conv2.conv.', 'patch_embed.4.': 'stem.conv2.bn.'},
+}
+_HEADS = {'dist_head.': 'head_dist.', 'head.': 'head.', 'norm.': 'norm.'}
+# attention modules whose index buffer timm does not save (derived from the table size)
+_V2_DERIVED = re.compile(r'(token_mixer|downsample\.attn)\.attention_bias_idxs$')
+
+
+def _apply(renames, name: str) -> str:
+    for pattern, repl in renames:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _original_key_to_timm(key: str, v2: bool) -> Optional[str]:
+    for src, dst in _STEM[v2].items():
+        if key.startswith(src):
+            return dst + key[len(src):]
+    for src, dst in _HEADS.items():
+        if key.startswith(src):
+            return dst + key[len(src):]
+    m = re.match(r'norm(\d)\.(.+)$', key)  # dense backbone: one norm per output, after network.0/2/4/6
+    if m:
+        return f'feature_norms.{int(m.group(1)) // 2}.{m.group(2)}'
+    m = re.match(r'network\.(\d+)\.(.+)$', key)
+    if not m:
+        return None
+    net_idx, rest = int(m.group(1)), m.group(2)
+    if net_idx % 2 == 0:
+        block, rest = rest.split('.', 1)
+        if v2 and rest.startswith('token_mixer.'):
+            rest = 'token_mixer.' + _apply(_V2_ATTN_RENAMES, rest[len('token_mixer.'):])
+        rest = _apply(_V2_BLOCK_RENAMES if v2 else _V1_BLOCK_RENAMES, rest)
+        return f'stages.{net_idx // 2}.blocks.{block}.{rest}'
+    prefix = f'stages.{(net_idx + 1) // 2}.downsample.'
+    if not v2:
+        return prefix + rest.replace('proj.', 'conv.', 1) if rest.startswith('proj.') else prefix + rest
+    if rest.startswith('attn.'):
+        return prefix + 'attn.' + _apply(_V2_ATTN_RENAMES, rest[len('attn.'):])
+    rest = re.sub(r'^(proj|conv)\.', 'conv.conv.', rest)
+    return prefix + re.sub(r'^(norm|bn)\.', 'conv.bn.', rest)
+
+
+def original_to_timm(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Authors' release -> timm keys. Returns (converted, unknown source keys)."""
+    v2 = _is_v2(state_dict)
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        new_key = _original_key_to_timm(key, v2)
+        if new_key is None:
+            unknown.append(key)
+            continue
+        if new_key.endswith(('ls1.gamma', 'ls2.gamma')):
+            value = value.reshape(-1)  # V2 stores (C, 1, 1)
+        out[new_key] = value
+    return out, unknown
+
+
+def timm_to_original(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """timm keys -> the authors' release layout (inverse of ``original_to_timm``).
+
+    V2's attention index buffers, which timm derives instead of saving, are not written.
+    """
+    v2 = _is_v2(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        orig = _timm_key_to_original(key, v2)
+        if v2 and re.search(r'layer_scale_\d$', orig):
+            value = value.reshape(-1, 1, 1)
+        out[orig] = value
+    return out
+
+
+def _timm_key_to_original(key: str, v2: bool) -> str:
+    for dst, src in _STEM[v2].items():
+        if key.startswith(src):
+            return dst + key[len(src):]
+    for dst, src in _HEADS.items():
+        if key.startswith(src):
+            return dst + key[len(src):]
+    m = re.match(r'feature_norms\.(\d)\.(.+)$', key)
+    if m:
+        return f'norm{int(m.group(1)) * 2}.{m.group(2)}'
+    m = re.match(r'stages\.(\d+)\.blocks\.(\d+)\.(.+)$', key)
+    if m:
+        stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
+        rest = re.sub(r'ls(\d)\.gamma$', r'layer_scale_\1', rest)
+        if v2:
+            rest = (rest.replace('mlp.fc1.conv.', 'mlp.fc1.').replace('mlp.fc1.bn.', 'mlp.norm1.')
+                    .replace('mlp.mid.conv.', 'mlp.mid.').replace('mlp.mid.bn.', 'mlp.mid_norm.')
+                    .replace('mlp.fc2.conv.', 'mlp.fc2.').replace('mlp.fc2.bn.', 'mlp.norm2.'))
+            if rest.startswith('token_mixer.'):
+                rest = 'token_mixer.' + _timm_attn_to_original(rest[len('token_mixer.'):])
+        return f'network.{stage * 2}.{block}.{rest}'
+    m = re.match(r'stages\.(\d+)\.downsample\.(.+)$', key)
+    if not m:
+        raise CheckpointError(f'no original-release key for {key!r}')
+    net_idx, rest = int(m.group(1)) * 2 - 1, m.group(2)
+    if not v2:
+        return f'network.{net_idx}.' + ('proj.' + rest[len('conv.'):] if rest.startswith('conv.') else rest)
+    if rest.startswith('attn.'):
+        return f'network.{net_idx}.attn.' + _timm_attn_to_original(rest[len('attn.'):])
+    # V2 Embedding: plain ``proj/norm``, or ``conv/bn`` when it also has an attention branch
+    asub = int(m.group(1)) >= 3
+    conv, norm = ('conv', 'bn') if asub else ('proj', 'norm')
+    rest = re.sub(r'^conv\.conv\.', conv + '.', rest)
+    return f'network.{net_idx}.' + re.sub(r'^conv\.bn\.', norm + '.', rest)
+
+
+def _timm_attn_to_original(rest: str) -> str:
+    if rest.startswith('q.local.'):
+        return 'q.local.0.' + rest[len('q.local.'):]
+    rest = re.sub(r'^q\.proj\.conv\.', 'q.proj.0.', rest)
+    rest = re.sub(r'^q\.proj\.bn\.', 'q.proj.1.', rest)
+    rest = re.sub(r'^(q|k|v|v_local|stride_conv)\.conv\.', r'\1.0.', rest)
+    rest = re.sub(r'^(q|k|v|v_local|stride_conv)\.bn\.', r'\1.1.', rest)
+    rest = re.sub(r'^proj\.conv\.', 'proj.1.', rest)
+    return re.sub(r'^proj\.bn\.', 'proj.2.', rest)
+
+
+# ---- transformers (V1 only): efficientformer.patch_embed / encoder.intermediate_stages / last_stage ----
+
+_HF_RENAMES = [
+    (r'layer_scale_(\d)$', r'ls\1.gamma'),
+    (r'mlp\.convolution1\.', 'mlp.fc1.'), (r'mlp\.batchnorm_before\.', 'mlp.norm1.'),
+    (r'mlp\.convolution2\.', 'mlp.fc2.'), (r'mlp\.batchnorm_after\.', 'mlp.norm2.'),
+    (r'mlp\.linear_in\.', 'mlp.fc1.'), (r'mlp\.linear_out\.', 'mlp.fc2.'),
+    (r'layernorm(\d)\.', r'norm\1.'), (r'token_mixer\.projection\.', 'token_mixer.proj.'),
+]
+_HF_TOP = {
+    'patch_embed.convolution1.': 'stem.conv1.', 'patch_embed.batchnorm_before.': 'stem.norm1.',
+    'patch_embed.convolution2.': 'stem.conv2.', 'patch_embed.batchnorm_after.': 'stem.norm2.',
+    'layernorm.': 'norm.', 'classifier.': 'head.', 'distillation_classifier.': 'head_dist.',
+}
+
+
+def transformers_to_timm(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """transformers EfficientFormer* keys -> timm keys. Returns (converted, unknown source keys)."""
+    keys = [k[len('efficientformer.'):] if k.startswith('efficientformer.') else k for k in state_dict]
+    num_stages = 1 + len({int(m.group(1)) // 2 for k in keys
+                          if (m := re.match(r'encoder\.intermediate_stages\.(\d+)\.', k))})
+    last = num_stages - 1
+    num_last_conv = len({m.group(1) for k in keys
+                         if (m := re.match(r'encoder\.last_stage\.meta4D_layers\.blocks\.(\d+)\.', k))})
+    out, unknown = {}, []
+    for src_key, key in zip(state_dict, keys):
+        new_key = None
+        for src, dst in _HF_TOP.items():
+            if key.startswith(src):
+                new_key = dst + key[len(src):]
+        m = re.match(r'encoder\.intermediate_stages\.(\d+)\.(.+)$', key)
+        if m:
+            idx, rest = int(m.group(1)), m.group(2)
+            if idx % 2 == 0:
+                rest = re.sub(r'^meta4D_layers\.blocks\.', '', rest)
+                new_key = f'stages.{idx // 2}.blocks.' + _apply(_HF_RENAMES, rest)
+            else:
+                rest = re.sub(r'^projection\.', 'conv.', rest)
+                new_key = f'stages.{(idx + 1) // 2}.downsample.{rest}'
+        m = re.match(r'encoder\.last_stage\.meta4D_layers\.blocks\.(\d+)\.(.+)$', key)
+        if m:
+            new_key = f'stages.{last}.blocks.{m.group(1)}.' + _apply(_HF_RENAMES, m.group(2))
+        m = re.match(r'encoder\.last_stage\.meta3D_layers\.blocks\.(\d+)\.(.+)$', key)
+        if m:  # Flat takes one slot in timm's block list before the first Meta3D block
+            block = num_last_conv + 1 + int(m.group(1))
+            new_key = f'stages.{last}.blocks.{block}.' + _apply(_HF_RENAMES, m.group(2))
+        if new_key is None:
+            unknown.append(src_key)
+        else:
+            out[new_key] = state_dict[src_key]
+    return out, unknown
+
+
+# ---- variant inference and checking against a model ----
+
+def infer_model_name(state_dict: Dict[str, torch.Tensor]) -> str:
+    """The registered model name a checkpoint (any format) was made for, from its widths."""
+    from .efficientformer import EFFICIENTFORMER_ARCHS
+    from .efficientformer_v2 import EFFICIENTFORMERV2_ARCHS
+    sd = to_timm_keys(state_dict)[0]
+    v2 = _is_v2(sd)
+    widths = []
+    for stage in range(4):
+        w = [v for k, v in sd.items() if re.match(rf'stages\.{stage}\.blocks\.0\.ls2\.gamma$', k)]
+        widths.append(w[0].numel() if w else None)
+    archs = EFFICIENTFORMERV2_ARCHS if v2 else EFFICIENTFORMER_ARCHS
+    for name, arch in archs.items():
+        if tuple(arch['embed_dims']) == tuple(widths):
+            return f"efficientformer{'v2' if v2 else ''}_{name}"
+    raise CheckpointError(f'checkpoint stage widths {widths} match no EfficientFormer variant')
+
+
+def to_timm_keys(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
+    fmt = detect_format(state_dict)
+    if fmt == 'original':
+        out, unknown = original_to_timm(state_dict)
+    elif fmt == 'transformers':
+        out, unknown = transformers_to_timm(state_dict)
+    else:
+        out, unknown = dict(state_dict), []
+    return out, unknown, fmt
+
+
+def _classifier_names(model: nn.Module) -> List[str]:
+    return [n for n in ('head', 'head_dist') if isinstance(getattr(model, n, None), nn.Linear)]
+
+
+def _pruned(key: str, model: nn.Module) -> bool:
+    """Key of a part that ``prune_intermediate_layers`` removed (features_only models)."""
+    m = re.match(r'stages\.(\d+)\.', key)
+    if m:
+        return int(m.group(1)) >= len(model.stages)
+    m = re.match(r'feature_norms\.(\d+)\.', key)
+    if m:
+        norms = getattr(model, 'feature_norms', None)
+        return norms is None or isinstance(norms[int(m.group(1))], nn.Identity)
+    return key.startswith('norm.') and isinstance(model.norm, nn.Identity)
+
+
+def convert_state_dict(
+        state_dict: Dict[str, torch.Tensor], model: nn.Module, strict: bool = True,
+        report: Optional[LoadReport] = None) -> Dict[str, torch.Tensor]:
+    """Map ``state_dict`` (any supported format) onto ``model``'s keys, checked against the model.
+
+    strict=True raises CheckpointError for any unknown, unused, missing or wrongly shaped tensor (other than
+    the logged exceptions in the module docstring); strict=False leaves those out with one warning listing
+    them. Tensors the model lacks and does not need (its missing classifier) are dropped with a log line.
+    """
+    converted, unknown, fmt = to_timm_keys(state_dict)
+    report = report if report is not None else LoadReport(fmt)
+    report.source_format = fmt
+    target = model.state_dict()
+    out, problems = {}, []
+    if unknown:
+        problems.append(f'keys not recognised as {fmt} EfficientFormer keys: {unknown}')
+
+    has_head = bool(_classifier_names(model))
+    wrong_shape, unused = [], []
+    for key, value in converted.items():
+        if key not in target:
+            if (re.match(r'head(_dist)?\.', key) and not has_head) or _pruned(key, model):
+                report.dropped.append(key)
+            elif _V2_DERIVED.search(key):
+                report.dropped.append(key)  # derived index buffer, rebuilt by the model
+            else:
+                unused.append(key)
+        elif value.shape != target[key].shape:
+            wrong_shape.append(f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}')
+        elif key.endswith('attention_bias_idxs') and not torch.equal(value.to(target[key]), target[key]):
+            wrong_shape.append(f'{key}: index table differs from the model\'s relative-offset layout')
+        else:
+            out[key] = value
+            report.loaded.append(key)
+    missing = [k for k in target if k not in out and k not in converted]
+    norm_missing = [k for k in missing if k.startswith('feature_norms.')]
+    missing = [k for k in missing if not k.startswith('feature_norms.')]
+    if norm_missing:
+        report.initialised += norm_missing
+        _logger.warning(
+            'checkpoint has no per-output feature norms; keeping their identity-like initialisation '
+            '(weight 1, bias 0) for: %s', ', '.join(sorted({k.rsplit('.', 1)[0] for k in norm_missing})))
+        for key in norm_missing:
+            out[key] = target[key]
+    if report.dropped:
+        _logger.info('checkpoint tensors this model does not use (no classifier, pruned for features_only, '
+                     'derived index buffers): %s',
+                     ', '.join(report.dropped))
+    if wrong_shape:
+        guess = ''
+        try:
+            guess = f' The checkpoint looks like {infer_model_name(state_dict)}.'
+        except CheckpointError:
+            pass
+        problems.append(f'{len(wrong_shape)} tensors do not match the model ({type(model).__name__}).{guess} '
+                        + '; '.join(wrong_shape[:20]))
+    if unused:
+        problems.append(f'checkpoint tensors with no place in the model: {unused[:40]}'
+                        + (f' (+{len(unused) - 40} more)' if len(unused) > 40 else ''))
+    if missing:
+        problems.append(f'model tensors missing from the checkpoint: {missing[:40]}'
+                        + (f' (+{len(missing) - 40} more)' if len(missing) > 40 else ''))
+    if problems:
+        if strict:
+            raise CheckpointError(f'{fmt}-format checkpoint does not fit the model: ' + ' | '.join(problems))
+        report.skipped += unknown + unused + [w.split(':')[0] for w in wrong_shape] + missing
+        _logger.warning('strict=False: loading %d tensors, skipping: %s', len(out), ' | '.join(problems))
+    return out
+
+
+# ---- files ----
+
+def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
+    """Read a .pth/.pt/.bin (torch) or .safetensors file and unwrap ``state_dict`` / ``model`` containers."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    try:
+        if str(path).endswith('.safetensors'):
+            from safetensors.torch import load_file
+            obj = load_file(path, device='cpu')
+        else:
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch / safetensors raise many types for truncated or foreign files
+        raise CheckpointError(
+            f'cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated or not a '
+            'PyTorch / safetensors checkpoint; download it again.') from e
+    if isinstance(obj, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f'{path} holds no state dict of tensors (found {type(obj).__name__})')
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True) -> LoadReport:
+    """Load a checkpoint (path or state dict, any supported format) into an EfficientFormer model or a
+    ``features_only`` wrapper of one. Returns what was loaded, initialised, dropped and skipped."""
+    target = getattr(model, 'model', model)  # timm FeatureGetterNet keeps the network as .model
+    state_dict = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    report = LoadReport('')
+    converted = convert_state_dict(state_dict, target, strict=strict, report=report)
+    target.load_state_dict(converted, strict=strict)
+    return report

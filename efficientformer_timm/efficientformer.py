@@ -1,0 +1,407 @@
+"""EfficientFormer (V1) for any input size.
+
+State-dict compatible with ``timm.models.efficientformer`` (timm 1.0.31). The differences are what dense
+prediction needs: the attention bias of the last stage follows the real token grid (see ``_bias.py``),
+features and the token-to-map reshape use the real stage sizes (also when H, W are not multiples of 32),
+and an optional GroupNorm(1, C) per feature output, as in the authors' detection / segmentation backbone.
+
+Paper: `EfficientFormer: Vision Transformers at MobileNet Speed` - https://arxiv.org/abs/2206.01191
+Based on timm's implementation (Ross Wightman) of the Apache 2.0 code of snap-research/EfficientFormer.
+"""
+from functools import partial
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
+
+from ._bias import GridAttentionBias
+
+__all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
+
+EFFICIENTFORMER_ARCHS = {
+    'l1': dict(depths=(3, 2, 6, 4), embed_dims=(48, 96, 224, 448), num_vit=1),
+    'l3': dict(depths=(4, 4, 12, 6), embed_dims=(64, 128, 320, 512), num_vit=4),
+    'l7': dict(depths=(6, 6, 18, 8), embed_dims=(96, 192, 384, 768), num_vit=8),
+}
+
+
+class Attention(GridAttentionBias):
+    """Multi-head self-attention over (B, N, C) tokens laid out on a ``grid`` of H x W = N."""
+
+    def __init__(
+            self, dim: int = 448, key_dim: int = 32, num_heads: int = 8, attn_ratio: float = 4,
+            resolution: int = 7, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = key_dim ** -0.5
+        self.key_dim = key_dim
+        self.val_dim = int(attn_ratio * key_dim)
+        self.val_attn_dim = self.val_dim * num_heads
+        self.qkv = nn.Linear(dim, key_dim * num_heads * 2 + self.val_attn_dim, **dd)
+        self.proj = nn.Linear(self.val_attn_dim, dim, **dd)
+        self._init_attention_bias(num_heads, (resolution, resolution), **dd)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(grid, q.dtype)
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, self.val_attn_dim)
+        return self.proj(x)
+
+
+class MetaBlock1d(nn.Module):
+    """Meta3D block: LayerNorm, attention, LayerNorm, linear MLP, each branch layer-scaled."""
+
+    def __init__(
+            self, dim: int, mlp_ratio: float = 4., act_layer=nn.GELU, norm_layer=nn.LayerNorm,
+            proj_drop: float = 0., drop_path: float = 0., layer_scale_init_value: float = 1e-5,
+            attn_kwargs: Optional[dict] = None, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.norm1 = norm_layer(dim, **dd)
+        self.token_mixer = Attention(dim, **(attn_kwargs or {}), **dd)
+        self.ls1 = LayerScale(dim, layer_scale_init_value, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.ls2 = LayerScale(dim, layer_scale_init_value, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x), grid)))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+class EfficientFormerStage(nn.Module):
+    """Optional downsample, Meta4D blocks, then (last stage) Flat and ``num_vit`` Meta3D blocks.
+
+    Block indices match timm's so checkpoints keep their keys (Flat holds a slot in ``blocks``).
+    """
+
+    def __init__(
+            self, dim: int, dim_out: int, depth: int, downsample: bool = True, num_vit: int = 0,
+            pool_size: int = 3, mlp_ratio: float = 4., act_layer=nn.GELU, norm_layer=nn.BatchNorm2d,
+            norm_layer_cl=nn.LayerNorm, proj_drop: float = 0., drop_path: Union[float, List[float]] = 0.,
+            layer_scale_init_value: float = 1e-5, attn_kwargs: Optional[dict] = None, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.grad_checkpointing = False
+        if downsample:
+            self.downsample = Downsample(dim, dim_out, norm_layer=norm_layer, **dd)
+        else:
+            assert dim == dim_out, 'a stage without downsample keeps its width'
+            self.downsample = nn.Identity()
+        drop_path = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        num_conv = depth - num_vit
+        blocks = [
+            MetaBlock2d(
+                dim_out, pool_size=pool_size, mlp_ratio=mlp_ratio, act_layer=act_layer, norm_layer=norm_layer,
+                proj_drop=proj_drop, drop_path=drop_path[i], layer_scale_init_value=layer_scale_init_value, **dd)
+            for i in range(num_conv)
+        ]
+        if num_vit:
+            blocks.append(Flat())
+            blocks += [
+                MetaBlock1d(
+                    dim_out, mlp_ratio=mlp_ratio, act_layer=act_layer, norm_layer=norm_layer_cl,
+                    proj_drop=proj_drop, drop_path=drop_path[i], layer_scale_init_value=layer_scale_init_value,
+                    attn_kwargs=attn_kwargs, **dd)
+                for i in range(num_conv, depth)
+            ]
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward_with_grid(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Returns the stage output (NCHW, or B, N, C tokens after Flat) and its H x W grid."""
+        x = self.downsample(x)
+        grid = (x.shape[-2], x.shape[-1])
+        use_checkpoint = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
+        for block in self.blocks:
+            args = (x, grid) if isinstance(block, MetaBlock1d) else (x,)
+            x = checkpoint(block, *args, use_reentrant=False) if use_checkpoint else block(*args)
+        return x, grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_grid(x)[0]
+
+
+def _tokens_to_map(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    if x.ndim == 4:
+        return x
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
+
+
+class EfficientFormer(nn.Module):
+    """EfficientFormer V1 (L1 / L3 / L7). ``feature_norm=True`` adds GroupNorm(1, C) per feature output."""
+
+    def __init__(
+            self,
+            depths: Tuple[int, ...] = (3, 2, 6, 4),
+            embed_dims: Tuple[int, ...] = (48, 96, 224, 448),
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            downsamples: Optional[Tuple[bool, ...]] = None,
+            num_vit: int = 0,
+            mlp_ratios: float = 4,
+            pool_size: int = 3,
+            layer_scale_init_value: float = 1e-5,
+            act_layer=nn.GELU,
+            norm_layer=nn.BatchNorm2d,
+            layer_norm_eps: float = 1e-5,
+            attn_key_dim: int = 32,
+            attn_num_heads: int = 8,
+            attn_ratio: float = 4,
+            attn_resolution: int = 7,
+            distillation: bool = True,
+            feature_norm: bool = False,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,  # accepted from the builder, any size runs
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_stages = len(depths)
+        norm_layer_cl = partial(nn.LayerNorm, eps=layer_norm_eps)
+        attn_kwargs = dict(key_dim=attn_key_dim, num_heads=attn_num_heads, attn_ratio=attn_ratio,
+                           resolution=attn_resolution)
+
+        self.stem = Stem4(in_chans, embed_dims[0], norm_layer=norm_layer, **dd)
+        dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
+        downsamples = downsamples or (False,) + (True,) * (self.num_stages - 1)
+        stages = []
+        self.feature_info = []
+        prev_dim, reduction = embed_dims[0], 4
+        for i in range(self.num_stages):
+            stages.append(EfficientFormerStage(
+                prev_dim, embed_dims[i], depths[i], downsample=downsamples[i],
+                num_vit=num_vit if i == self.num_stages - 1 else 0, pool_size=pool_size, mlp_ratio=mlp_ratios,
+                act_layer=act_layer, norm_layer=norm_layer, norm_layer_cl=norm_layer_cl,
+                proj_drop=proj_drop_rate, drop_path=dpr[i], layer_scale_init_value=layer_scale_init_value,
+                attn_kwargs=attn_kwargs, **dd))
+            prev_dim = embed_dims[i]
+            reduction *= 2 if downsamples[i] else 1
+            module = f'feature_norms.{i}' if feature_norm else f'stages.{i}'
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=module))
+        self.stages = nn.Sequential(*stages)
+        self.feature_norms = nn.ModuleList(
+            [nn.GroupNorm(1, d, **dd) for d in embed_dims]) if feature_norm else None
+
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.norm = norm_layer_cl(self.num_features, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.dist = distillation
+        self.head_dist = (
+            nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        ) if distillation else None
+        self.distilled_training = False
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {k for k, _ in self.named_parameters() if 'attention_biases' in k}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return dict(stem=r'^stem', blocks=[(r'^stages\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> Tuple[nn.Module, Optional[nn.Module]]:
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ('', 'avg'):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        dd = {'device': self.stem.conv1.weight.device, 'dtype': self.stem.conv1.weight.dtype}
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+        if self.head_dist is not None:
+            self.head_dist = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+            self.head_dist.train(self.training)
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable=True):
+        self.distilled_training = enable
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs as NCHW maps (the last stage's tokens reshaped to its real grid).
+
+        ``norm`` applies the final LayerNorm to the last stage's output; ``feature_norms`` (when built) are
+        applied to every returned map.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = self.num_stages - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+
+        x = self.stem(x)
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x, grid = stage.forward_with_grid(x)
+            if feat_idx in take_indices:
+                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
+                x_inter = _tokens_to_map(x_inter, grid)
+                if self.feature_norms is not None:
+                    x_inter = self.feature_norms[feat_idx](x_inter)
+                intermediates.append(x_inter)
+
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True):
+        """Drop stages after the last wanted output, and feature norms of outputs not taken."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        self.stages = self.stages[:max_index + 1]
+        if self.feature_norms is not None:
+            for i in range(len(self.feature_norms)):
+                if i not in take_indices:
+                    self.feature_norms[i] = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final tokens (B, N, C) after the last LayerNorm: transformers' ``last_hidden_state``."""
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_hidden_states(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """transformers' ``hidden_states``: stem, then each stage's blocks and each downsample, then the
+        final tokens before the last LayerNorm (8 tensors for the 4-stage models)."""
+        x = self.stem(x)
+        hidden_states = [x]
+        for stage in self.stages:
+            if not isinstance(stage.downsample, nn.Identity):
+                x = stage.downsample(x)
+                hidden_states.append(x)
+            grid = (x.shape[-2], x.shape[-1])
+            for block in stage.blocks:
+                x = block(x, grid) if isinstance(block, MetaBlock1d) else block(x)
+            hidden_states.append(x)
+        return hidden_states
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        if self.global_pool == 'avg':
+            x = x.mean(dim=1)
+        x = self.head_drop(x)
+        if pre_logits:
+            return x
+        if self.head_dist is None:
+            return self.head(x)
+        x, x_dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
+
+    def forward_cls_and_dist(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cls_logits, distillation_logits) for images ``x``: transformers' WithTeacher outputs."""
+        if self.head_dist is None:
+            raise ValueError('this model was built with distillation=False: it has no distillation head')
+        x = self.forward_head(self.forward_features(x), pre_logits=True)
+        return self.head(x), self.head_dist(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict, model):
+    """Any supported checkpoint format (timm, original release, transformers) -> this model's keys."""
+    from .checkpoint import convert_state_dict
+    return convert_state_dict(state_dict, model)
+
+
+def _cfg(url='', **kwargs):
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
+        'crop_pct': .95, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv1', 'classifier': ('head', 'head_dist'),
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'efficientformer_l1.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformer_l3.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformer_l7.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+})
+
+
+def _create_efficientformer(variant, pretrained=False, **kwargs):
+    out_indices = kwargs.pop('out_indices', 4)
+    return build_model_with_cfg(
+        EfficientFormer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+@register_model
+def efficientformer_l1(pretrained=False, **kwargs) -> EfficientFormer:
+    return _create_efficientformer('efficientformer_l1', pretrained, **dict(EFFICIENTFORMER_ARCHS['l1'], **kwargs))
+
+
+@register_model
+def efficientformer_l3(pretrained=False, **kwargs) -> EfficientFormer:
+    return _create_efficientformer('efficientformer_l3', pretrained, **dict(EFFICIENTFORMER_ARCHS['l3'], **kwargs))
+
+
+@register_model
+def efficientformer_l7(pretrained=False, **kwargs) -> EfficientFormer:
+    return _create_efficientformer('efficientformer_l7', pretrained, **dict(EFFICIENTFORMER_ARCHS['l7'], **kwargs))

@@ -1,0 +1,469 @@
+"""EfficientFormer-V2 for any input size.
+
+State-dict compatible with ``timm.models.efficientformer_v2`` (timm 1.0.31). Attention (including the
+stride-2 attention of stage 3 and the attention downsample into stage 4) works on the real feature size:
+biases follow the token grid (see ``_bias.py``) and the stride-2 attention upsamples back to its exact
+input size, so odd sizes work. ``feature_norm=True`` adds a BatchNorm2d per feature output, as the authors'
+V2 dense-prediction backbone does.
+
+Paper: `Rethinking Vision Transformers for MobileNet Size and Speed` - https://arxiv.org/abs/2212.08059
+Based on timm's implementation (Ross Wightman) of the Apache 2.0 code of snap-research/EfficientFormer.
+"""
+from functools import partial
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    DropPath, LayerScale2d, calculate_drop_path_rates, get_act_layer, get_norm_layer, to_ntuple, trunc_normal_)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGlobalQuery, Stem4
+
+from ._bias import GridAttentionBias
+
+__all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
+
+EFFICIENTFORMERV2_ARCHS = {
+    's0': dict(depths=(2, 2, 6, 4), embed_dims=(32, 48, 96, 176), num_vit=2, drop_path_rate=0.0,
+               mlp_ratios=(4, 4, (4, 3, 3, 3, 4, 4), (4, 3, 3, 4))),
+    's1': dict(depths=(3, 3, 9, 6), embed_dims=(32, 48, 120, 224), num_vit=2, drop_path_rate=0.0,
+               mlp_ratios=(4, 4, (4, 4, 3, 3, 3, 3, 4, 4, 4), (4, 4, 3, 3, 4, 4))),
+    's2': dict(depths=(4, 4, 12, 8), embed_dims=(32, 64, 144, 288), num_vit=4, drop_path_rate=0.02,
+               mlp_ratios=(4, 4, (4, 4, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4), (4, 4, 3, 3, 3, 3, 4, 4))),
+    'l': dict(depths=(5, 5, 15, 10), embed_dims=(40, 80, 192, 384), num_vit=6, drop_path_rate=0.1,
+              mlp_ratios=(4, 4, (4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4), (4, 4, 4, 3, 3, 3, 3, 4, 4, 4))),
+}
+
+
+def _ceil_half(size: int) -> int:
+    return (size + 1) // 2
+
+
+class Attention2d(GridAttentionBias):
+    """Attention over a NCHW map with talking heads; ``stride=2`` attends on a strided copy and upsamples
+    back to the input size."""
+
+    def __init__(
+            self, dim: int = 384, key_dim: int = 32, num_heads: int = 8, attn_ratio: int = 4,
+            resolution: int = 7, act_layer=nn.GELU, stride: Optional[int] = None, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = key_dim ** -0.5
+        self.key_dim = key_dim
+        if stride is not None:
+            resolution = -(-resolution // stride)
+            self.stride_conv = ConvNorm(dim, dim, kernel_size=3, stride=stride, groups=dim, **dd)
+        else:
+            self.stride_conv = None
+        self.dh = int(attn_ratio * key_dim) * num_heads
+        kh = key_dim * num_heads
+        self.q = ConvNorm(dim, kh, **dd)
+        self.k = ConvNorm(dim, kh, **dd)
+        self.v = ConvNorm(dim, self.dh, **dd)
+        self.v_local = ConvNorm(self.dh, self.dh, kernel_size=3, groups=self.dh, **dd)
+        self.talking_head1 = nn.Conv2d(num_heads, num_heads, kernel_size=1, **dd)
+        self.talking_head2 = nn.Conv2d(num_heads, num_heads, kernel_size=1, **dd)
+        self.act = act_layer()
+        self.proj = ConvNorm(self.dh, dim, 1, **dd)
+        self._init_attention_bias(num_heads, (resolution, resolution), persistent_index=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        h, w = x.shape[-2:]
+        q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+        k = self.k(x).reshape(B, self.num_heads, -1, h * w)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+
+        attn = (q @ k) * self.scale + self.attention_bias((h, w), q.dtype)
+        attn = self.talking_head1(attn)
+        attn = attn.softmax(dim=-1)
+        attn = self.talking_head2(attn)
+
+        x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+        if self.stride_conv is not None:
+            x = F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
+        return self.proj(self.act(x))
+
+
+class Attention2dDownsample(GridAttentionBias):
+    """Attention whose queries sit on every second position: keys / values at H x W, output at
+    ceil(H / 2) x ceil(W / 2)."""
+
+    def __init__(
+            self, dim: int = 384, key_dim: int = 16, num_heads: int = 8, attn_ratio: int = 4,
+            resolution: int = 7, out_dim: Optional[int] = None, act_layer=nn.GELU, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = key_dim ** -0.5
+        self.key_dim = key_dim
+        self.dh = int(attn_ratio * key_dim) * num_heads
+        self.out_dim = out_dim or dim
+        kh = key_dim * num_heads
+        self.q = LocalGlobalQuery(dim, kh, **dd)
+        self.k = ConvNorm(dim, kh, 1, **dd)
+        self.v = ConvNorm(dim, self.dh, 1, **dd)
+        self.v_local = ConvNorm(self.dh, self.dh, kernel_size=3, stride=2, groups=self.dh, **dd)
+        self.act = act_layer()
+        self.proj = ConvNorm(self.dh, self.out_dim, 1, **dd)
+        self._init_attention_bias(num_heads, (resolution, resolution), query_stride=2, persistent_index=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        h, w = _ceil_half(H), _ceil_half(W)
+        q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+        k = self.k(x).reshape(B, self.num_heads, -1, H * W)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(B, self.num_heads, -1, H * W).transpose(-2, -1)
+
+        attn = (q @ k) * self.scale + self.attention_bias((H, W), q.dtype)
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+        return self.proj(self.act(x))
+
+
+class Downsample(nn.Module):
+    def __init__(
+            self, in_chs: int, out_chs: int, resolution: int = 7, use_attn: bool = False, act_layer=nn.GELU,
+            norm_layer=nn.BatchNorm2d, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.conv = ConvNorm(in_chs, out_chs, kernel_size=3, stride=2, padding=1, norm_layer=norm_layer, **dd)
+        self.attn = Attention2dDownsample(
+            dim=in_chs, out_dim=out_chs, resolution=resolution, act_layer=act_layer, **dd) if use_attn else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        if self.attn is not None:
+            return self.attn(x) + out
+        return out
+
+
+class EfficientFormerV2Block(nn.Module):
+    def __init__(
+            self, dim: int, mlp_ratio: float = 4., act_layer=nn.GELU, norm_layer=nn.BatchNorm2d,
+            proj_drop: float = 0., drop_path: float = 0., layer_scale_init_value: Optional[float] = 1e-5,
+            resolution: int = 7, stride: Optional[int] = None, use_attn: bool = True, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+
+        def layer_scale():
+            if layer_scale_init_value is None:
+                return nn.Identity()
+            return LayerScale2d(dim, layer_scale_init_value, **dd)
+
+        if use_attn:
+            self.token_mixer = Attention2d(dim, resolution=resolution, act_layer=act_layer, stride=stride, **dd)
+            self.ls1 = layer_scale()
+            self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        else:
+            self.token_mixer = self.ls1 = self.drop_path1 = None
+        self.mlp = ConvMlpWithNorm(
+            dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, norm_layer=norm_layer,
+            drop=proj_drop, mid_conv=True, **dd)
+        self.ls2 = layer_scale()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_mixer is not None:
+            x = x + self.drop_path1(self.ls1(self.token_mixer(x)))
+        return x + self.drop_path2(self.ls2(self.mlp(x)))
+
+
+class EfficientFormerV2Stage(nn.Module):
+    def __init__(
+            self, dim: int, dim_out: int, depth: int, resolution: int = 7, downsample: bool = True,
+            block_stride: Optional[int] = None, downsample_use_attn: bool = False, block_use_attn: bool = False,
+            num_vit: int = 1, mlp_ratio=4., proj_drop: float = 0., drop_path=0.,
+            layer_scale_init_value: Optional[float] = 1e-5, act_layer=nn.GELU, norm_layer=nn.BatchNorm2d,
+            device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.grad_checkpointing = False
+        mlp_ratio = to_ntuple(depth)(mlp_ratio)
+        drop_path = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        if downsample:
+            self.downsample = Downsample(
+                dim, dim_out, resolution=resolution, use_attn=downsample_use_attn, act_layer=act_layer,
+                norm_layer=norm_layer, **dd)
+            resolution = _ceil_half(resolution)
+        else:
+            assert dim == dim_out, 'a stage without downsample keeps its width'
+            self.downsample = nn.Identity()
+        self.blocks = nn.Sequential(*[
+            EfficientFormerV2Block(
+                dim_out, mlp_ratio=mlp_ratio[i], act_layer=act_layer, norm_layer=norm_layer, proj_drop=proj_drop,
+                drop_path=drop_path[i], layer_scale_init_value=layer_scale_init_value, resolution=resolution,
+                stride=block_stride, use_attn=block_use_attn and i >= depth - num_vit, **dd)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class EfficientFormerV2(nn.Module):
+    """EfficientFormer-V2 (S0 / S1 / S2 / L). ``img_size`` only sets the pretraining bias grid."""
+
+    def __init__(
+            self,
+            depths: Tuple[int, ...],
+            in_chans: int = 3,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            global_pool: str = 'avg',
+            embed_dims: Optional[Tuple[int, ...]] = None,
+            downsamples: Optional[Tuple[bool, ...]] = None,
+            mlp_ratios=4,
+            norm_layer: str = 'batchnorm2d',
+            norm_eps: float = 1e-5,
+            act_layer: str = 'gelu',
+            num_classes: int = 1000,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            layer_scale_init_value: Optional[float] = 1e-5,
+            num_vit: int = 0,
+            distillation: bool = True,
+            feature_norm: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        # the biases were trained for this grid; other input sizes resize them
+        pretrain_size = img_size if isinstance(img_size, int) else img_size[0]
+        norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
+        act_layer = get_act_layer(act_layer)
+
+        self.stem = Stem4(in_chans, embed_dims[0], act_layer=act_layer, norm_layer=norm_layer, **dd)
+        num_stages = len(depths)
+        dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
+        downsamples = downsamples or (False,) + (True,) * (num_stages - 1)
+        mlp_ratios = to_ntuple(num_stages)(mlp_ratios)
+        stages = []
+        self.feature_info = []
+        prev_dim, stride = embed_dims[0], 4
+        for i in range(num_stages):
+            stages.append(EfficientFormerV2Stage(
+                prev_dim, embed_dims[i], depth=depths[i], resolution=-(-pretrain_size // stride),
+                downsample=downsamples[i], block_stride=2 if i == 2 else None, downsample_use_attn=i >= 3,
+                block_use_attn=i >= 2, num_vit=num_vit, mlp_ratio=mlp_ratios[i], proj_drop=proj_drop_rate,
+                drop_path=dpr[i], layer_scale_init_value=layer_scale_init_value, act_layer=act_layer,
+                norm_layer=norm_layer, **dd))
+            stride *= 2 if downsamples[i] else 1
+            prev_dim = embed_dims[i]
+            module = f'feature_norms.{i}' if feature_norm else f'stages.{i}'
+            self.feature_info.append(dict(num_chs=prev_dim, reduction=stride, module=module))
+        self.stages = nn.Sequential(*stages)
+        self.feature_norms = nn.ModuleList(
+            [norm_layer(d, **dd) for d in embed_dims]) if feature_norm else None
+
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.norm = norm_layer(embed_dims[-1], **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.dist = distillation
+        self.head_dist = (
+            nn.Linear(embed_dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+        ) if distillation else None
+        self.distilled_training = False
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {k for k, _ in self.named_parameters() if 'attention_biases' in k}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return dict(stem=r'^stem', blocks=[(r'^stages\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> Tuple[nn.Module, Optional[nn.Module]]:
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ('', 'avg'):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        dd = {'device': self.norm.weight.device, 'dtype': self.norm.weight.dtype} if hasattr(
+            self.norm, 'weight') else {}
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+        if self.head_dist is not None:
+            self.head_dist = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+            self.head_dist.train(self.training)
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable=True):
+        self.distilled_training = enable
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs as NCHW maps; ``norm`` applies the final norm to the last stage's output and
+        ``feature_norms`` (when built) are applied to every returned map."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+
+        x = self.stem(x)
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
+                if self.feature_norms is not None:
+                    x_inter = self.feature_norms[feat_idx](x_inter)
+                intermediates.append(x_inter)
+
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True):
+        """Drop stages after the last wanted output, and feature norms of outputs not taken."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        self.stages = self.stages[:max_index + 1]
+        if self.feature_norms is not None:
+            for i in range(len(self.feature_norms)):
+                if i not in take_indices:
+                    self.feature_norms[i] = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        if pre_logits:
+            return x
+        if self.head_dist is None:
+            return self.head(x)
+        x, x_dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
+
+    def forward_cls_and_dist(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cls_logits, distillation_logits) for images ``x``."""
+        if self.head_dist is None:
+            raise ValueError('this model was built with distillation=False: it has no distillation head')
+        x = self.forward_head(self.forward_features(x), pre_logits=True)
+        return self.head(x), self.head_dist(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict, model):
+    """Any supported checkpoint format (timm, original release) -> this model's keys."""
+    from .checkpoint import convert_state_dict
+    return convert_state_dict(state_dict, model)
+
+
+def _cfg(url='', **kwargs):
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
+        'crop_pct': .95, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'classifier': ('head', 'head_dist'), 'first_conv': 'stem.conv1.conv',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'efficientformerv2_s0.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformerv2_s1.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformerv2_s2.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformerv2_l.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+})
+
+
+def _create_efficientformerv2(variant, pretrained=False, **kwargs):
+    out_indices = kwargs.pop('out_indices', 4)
+    return build_model_with_cfg(
+        EfficientFormerV2, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+@register_model
+def efficientformerv2_s0(pretrained=False, **kwargs) -> EfficientFormerV2:
+    return _create_efficientformerv2(
+        'efficientformerv2_s0', pretrained, **dict(EFFICIENTFORMERV2_ARCHS['s0'], **kwargs))
+
+
+@register_model
+def efficientformerv2_s1(pretrained=False, **kwargs) -> EfficientFormerV2:
+    return _create_efficientformerv2(
+        'efficientformerv2_s1', pretrained, **dict(EFFICIENTFORMERV2_ARCHS['s1'], **kwargs))
+
+
+@register_model
+def efficientformerv2_s2(pretrained=False, **kwargs) -> EfficientFormerV2:
+    return _create_efficientformerv2(
+        'efficientformerv2_s2', pretrained, **dict(EFFICIENTFORMERV2_ARCHS['s2'], **kwargs))
+
+
+@register_model
+def efficientformerv2_l(pretrained=False, **kwargs) -> EfficientFormerV2:
+    return _create_efficientformerv2(
+        'efficientformerv2_l', pretrained, **dict(EFFICIENTFORMERV2_ARCHS['l'], **kwargs))
