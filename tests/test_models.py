@@ -1,0 +1,184 @@
+"""Issue 2: registration, timm parity at 224, any input size, features_only, resized attention biases."""
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import timm.models.efficientformer as timm_v1
+import timm.models.efficientformer_v2 as timm_v2
+
+from efficientformer_timm import EfficientFormer, EfficientFormerV2
+from efficientformer_timm._bias import relative_offset_index
+from conftest import ALL_MODELS, V1_MODELS, V2_MODELS, randomize_
+
+WIDTHS = {
+    'efficientformer_l1': [48, 96, 224, 448], 'efficientformer_l3': [64, 128, 320, 512],
+    'efficientformer_l7': [96, 192, 384, 768], 'efficientformerv2_s0': [32, 48, 96, 176],
+    'efficientformerv2_s1': [32, 48, 120, 224], 'efficientformerv2_s2': [32, 64, 144, 288],
+    'efficientformerv2_l': [40, 80, 192, 384],
+}
+
+
+def _reference(name):
+    module = timm_v2 if 'v2' in name else timm_v1
+    return getattr(module, name)(drop_path_rate=0.)  # S2 / L default to stochastic depth
+
+
+def _pair(name, seed=0):
+    """Our model and timm's built-in on the same random weights (loaded strictly)."""
+    ref = randomize_(_reference(name), seed)
+    ours = timm.create_model(name, drop_path_rate=0.)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def test_import_registers_all_models_without_warnings():
+    code = ('import warnings; warnings.simplefilter("error"); import timm, efficientformer_timm; '
+            f'print([type(timm.create_model(n)).__module__ for n in {ALL_MODELS!r}])')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(
+        ['efficientformer_timm.efficientformer'] * 3 + ['efficientformer_timm.efficientformer_v2'] * 4)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_pretrained_tags_match_timm(name):
+    cfg = timm.models.get_pretrained_cfg(f'{name}.snap_dist_in1k')
+    assert cfg.hf_hub_id == f'timm/{name}.snap_dist_in1k'
+    assert cfg.interpolation == 'bicubic' and cfg.crop_pct == 0.95
+    assert cfg.classifier == ('head', 'head_dist')
+    assert f'{name}.snap_dist_in1k' in timm.list_pretrained(name)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('train', [False, True])
+def test_parity_with_timm_at_224(name, train):
+    ours, ref = _pair(name)
+    ours.train(train)
+    ref.train(train)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), rtol=0, atol=1e-5)
+        for norm in (False, True):
+            final_o, inter_o = ours.forward_intermediates(x, norm=norm)
+            final_r, inter_r = ref.forward_intermediates(x, norm=norm)
+            torch.testing.assert_close(final_o, final_r, rtol=0, atol=1e-5)
+            assert len(inter_o) == len(inter_r) == 4
+            for a, b in zip(inter_o, inter_r):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_any_input_size_forward_backward(name):
+    model = timm.create_model(name, num_classes=10)
+    randomize_(model)
+    for train in (True, False):
+        model.train(train)
+        for h, w in [(64, 64), (129, 193)]:  # 333x517 and 801x1333 run in the features tests
+            x = torch.randn(2, 3, h, w, requires_grad=train)
+            logits = model(x)
+            assert logits.shape == (2, 10)
+            feats = model.forward_intermediates(x, intermediates_only=True)
+            expected = [(2, c, -(-h // s), -(-w // s)) for c, s in zip(WIDTHS[name], (4, 8, 16, 32))]
+            assert [tuple(f.shape) for f in feats] == expected
+            assert all(torch.isfinite(f).all() for f in feats)
+            if train:
+                (logits.sum() + sum(f.mean() for f in feats)).backward()
+                assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_features_only_detection_size(name):
+    model = timm.create_model(name, features_only=True).eval()
+    assert model.feature_info.channels() == WIDTHS[name]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.feature_info.module_name() == [f'stages.{i}' for i in range(4)]
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 801, 1333))
+        assert [tuple(f.shape) for f in model(torch.randn(2, 3, 333, 517))] == [
+            (2, c, -(-333 // s), -(-517 // s)) for c, s in zip(WIDTHS[name], (4, 8, 16, 32))]
+    assert [tuple(f.shape) for f in feats] == [
+        (1, c, -(-801 // s), -(-1333 // s)) for c, s in zip(WIDTHS[name], (4, 8, 16, 32))]
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s1'])
+def test_features_only_out_indices(name):
+    model = timm.create_model(name, features_only=True, out_indices=(1, 2, 3))
+    assert model.feature_info.channels() == WIDTHS[name][1:]
+    assert model.feature_info.reduction() == [8, 16, 32]
+    feats = model(torch.randn(2, 3, 256, 320))
+    assert [f.shape[1] for f in feats] == WIDTHS[name][1:]
+    pruned = timm.create_model(name, features_only=True, out_indices=(0, 1))
+    assert len(pruned.model.stages) == 2  # stages after the last output are not built into the forward
+    assert [f.shape[1] for f in pruned(torch.randn(1, 3, 96, 96))] == WIDTHS[name][:2]
+
+
+@pytest.mark.parametrize('name, norm_type', [('efficientformer_l1', torch.nn.GroupNorm),
+                                             ('efficientformerv2_s0', torch.nn.BatchNorm2d)])
+def test_feature_norm_option(name, norm_type):
+    model = timm.create_model(name, features_only=True, feature_norm=True, out_indices=(1, 2, 3))
+    assert model.feature_info.module_name() == ['feature_norms.1', 'feature_norms.2', 'feature_norms.3']
+    norms = model.model.feature_norms
+    assert isinstance(norms[0], torch.nn.Identity)  # output 0 not taken: no unused parameters
+    assert all(isinstance(n, norm_type) for n in norms[1:])
+    randomize_(model)
+    model.eval()
+    x = torch.randn(1, 3, 160, 224)
+    plain = timm.create_model(name, features_only=True, out_indices=(1, 2, 3)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if 'feature_norms' not in k})
+    with torch.no_grad():
+        for raw, normed, norm in zip(plain(x), model(x), norms[1:]):
+            torch.testing.assert_close(normed, norm(raw))
+
+
+def test_bias_resize_is_exact_at_pretraining_grid_and_follows_offsets():
+    model = randomize_(timm.create_model('efficientformer_l1')).eval()
+    attn = model.stages[3].blocks[4].token_mixer
+    table = attn.attention_biases
+    exact = attn.attention_bias((7, 7), torch.float32)
+    torch.testing.assert_close(exact, table[:, attn.attention_bias_idxs], rtol=0, atol=0)
+    big = attn.attention_bias((13, 21), torch.float32)
+    assert big.shape == (8, 13 * 21, 13 * 21)
+    resized = torch.nn.functional.interpolate(
+        table.detach().reshape(1, 8, 7, 7), size=(13, 21), mode='bicubic', align_corners=False, antialias=True)[0]
+    # query (2, 3) to key (10, 1): offset (8, 2)
+    torch.testing.assert_close(big[:, 2 * 21 + 3, 10 * 21 + 1], resized[:, 8, 2])
+    torch.testing.assert_close(big[:, 10 * 21 + 1, 2 * 21 + 3], resized[:, 8, 2])  # symmetric in |offset|
+
+
+def test_strided_query_offset_index():
+    index = relative_offset_index((5, 4), query_stride=2)
+    assert index.shape == (3 * 2, 20)
+    # query row 1 of the strided grid sits at y=2, x=2 (query col 1): key (4, 0) is at offset (2, 2)
+    assert index[1 * 2 + 1, 4 * 4 + 0].item() == 2 * 4 + 2
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_bias_cache_in_eval_and_gradients_in_train(name):
+    model = randomize_(timm.create_model(name, features_only=True))
+    attns = [m for m in model.modules() if hasattr(m, 'attention_bias_cache')]
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 320, 480))
+        first = [dict(a.attention_bias_cache) for a in attns]
+        model(torch.randn(1, 3, 320, 480))
+        assert all(a.attention_bias_cache.keys() == f.keys() and len(f) == 1 for a, f in zip(attns, first))
+        assert all(a.attention_bias_cache[k] is f[k] for a, f in zip(attns, first) for k in f)  # reused
+        # an in-place update (load_state_dict, optimizer step) invalidates the cache
+        attns[0].attention_biases.add_(1.0)
+        model(torch.randn(1, 3, 320, 480))
+        key = next(iter(attns[0].attention_bias_cache))
+        torch.testing.assert_close(attns[0].attention_bias_cache[key],
+                                   attns[0]._compute_attention_bias(key[:2]))
+    model.train()
+    assert all(not a.attention_bias_cache for a in attns)
+    sum(f.sum() for f in model(torch.randn(2, 3, 320, 480))).backward()
+    assert all(a.attention_biases.grad is not None and a.attention_biases.grad.abs().sum() > 0 for a in attns)
+    assert all(not a.attention_bias_cache for a in attns)
+
+
+def test_classes_are_ours():
+    assert isinstance(timm.create_model('efficientformer_l3'), EfficientFormer)
+    assert isinstance(timm.create_model('efficientformerv2_l'), EfficientFormerV2)
