@@ -55,13 +55,17 @@ def model_args_from_transformers_config(config) -> Tuple[str, Dict[str, Any]]:
     if cfg.get('dim', 448) != widths[-1]:
         raise ValueError(f"transformers config dim={cfg.get('dim', 448)} must equal hidden_sizes[-1]={widths[-1]}: "
                          'the attention blocks run at the last stage width')
+    if cfg.get('hidden_size', widths[-1]) != widths[-1]:
+        raise ValueError(f"transformers config hidden_size={cfg['hidden_size']} must equal hidden_sizes[-1]="
+                         f'{widths[-1]}: the classifier heads read the last stage width')
     hf_downsamples = cfg.get('downsamples', [True] * len(depths))
     # transformers: a downsample follows stage i when downsamples[i] or the width changes; timm: stage i starts
     # with one when downsamples[i]
     downsamples = (False,) + tuple(
         bool(hf_downsamples[i] or widths[i] != widths[i + 1]) for i in range(len(depths) - 1))
     architectures = cfg.get('architectures') or ['EfficientFormerForImageClassificationWithTeacher']
-    num_labels = len(cfg['id2label']) if cfg.get('id2label') else cfg.get('num_labels', 1000)
+    # transformers' PretrainedConfig default is 2 labels (config.json omits id2label when it is the default)
+    num_labels = len(cfg['id2label']) if cfg.get('id2label') else cfg.get('num_labels', 2)
     kwargs = dict(
         depths=depths, embed_dims=widths, downsamples=downsamples,
         num_vit=cfg.get('num_meta3d_blocks', 1),
