@@ -1,0 +1,133 @@
+"""EfficientFormer V1 / V2 as an OpenMMLab backbone: a thin wrapper over the timm ``features_only`` model."""
+import os
+from typing import Optional, Sequence, Tuple
+
+import timm
+import torch
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import CheckpointError, LoadReport, convert_state_dict
+
+MODEL_NAMES = (
+    'efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7',
+    'efficientformerv2_s0', 'efficientformerv2_s1', 'efficientformerv2_s2', 'efficientformerv2_l',
+)
+
+
+@MODELS.register_module()
+class EfficientFormerBackbone(BaseModule):
+    """Multi-scale EfficientFormer features (strides 4 / 8 / 16 / 32) at any input size.
+
+    Args:
+        model_name: one of ``MODEL_NAMES``.
+        out_indices: stages to output, from 0..3.
+        feature_norm: the authors' per-output norm (GroupNorm(1, C) for V1, BatchNorm2d for V2).
+        drop_path_rate: stochastic depth rate.
+        frozen_stages: -1 trains everything; k >= 0 freezes the stem and the first k stages (no gradients,
+            BatchNorm in eval).
+        norm_eval: keep every BatchNorm in eval mode (frozen statistics) while training.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``; the checkpoint may be in
+            timm, the authors' release, or transformers format, or an mmdet / mmseg training checkpoint
+            (``prefix='backbone.'``, detected when not given).
+    """
+
+    def __init__(
+            self,
+            model_name: str = 'efficientformer_l1',
+            out_indices: Sequence[int] = (0, 1, 2, 3),
+            feature_norm: bool = True,
+            drop_path_rate: float = 0.,
+            frozen_stages: int = -1,
+            norm_eval: bool = False,
+            init_cfg: Optional[dict] = None,
+    ):
+        if model_name not in MODEL_NAMES:
+            raise ValueError(f'EfficientFormerBackbone: unknown model_name {model_name!r}; valid: {MODEL_NAMES}')
+        out_indices = tuple(out_indices)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i <= 3 for i in out_indices):
+            raise ValueError(f'EfficientFormerBackbone: out_indices {out_indices} must be stage indices in 0..3')
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f'EfficientFormerBackbone: frozen_stages={frozen_stages} must be in -1..4')
+        if init_cfg is not None and init_cfg.get('type') == 'Pretrained':
+            checkpoint = init_cfg.get('checkpoint')
+            if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
+                raise FileNotFoundError(
+                    f'EfficientFormerBackbone: init_cfg checkpoint {checkpoint!r} does not exist. Convert the '
+                    'ImageNet checkpoint with tools/convert_checkpoint.py and point the config (or its environment '
+                    'variable) at it, or set init_cfg=None to train from scratch.')
+        super().__init__(init_cfg)
+        self.model_name = model_name
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        features = timm.create_model(
+            model_name, features_only=True, out_indices=out_indices, feature_norm=feature_norm,
+            drop_path_rate=drop_path_rate)
+        # keep the network itself so parameters are named backbone.model.<timm key>
+        self.model = features.model
+        self.feature_info = features.feature_info
+        self.out_channels = self.feature_info.channels()
+        self._freeze_stages()
+
+    def init_weights(self):
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            super().init_weights()
+            return
+        # mmengine's PretrainedInit loads non-strictly and only unwraps 'state_dict': load ourselves instead
+        logger = MMLogger.get_current_instance()
+        checkpoint = self.init_cfg['checkpoint']
+        report = self.load_pretrained(checkpoint, prefix=self.init_cfg.get('prefix'))
+        logger.info(
+            f'EfficientFormerBackbone: loaded {len(report.loaded)} tensors ({report.source_format} format) from '
+            f'{checkpoint}; dropped on purpose (classifier head / parts not built for out_indices): '
+            f'{report.dropped or "none"}; initialised here: {report.initialised or "none"}')
+        self._is_init = True
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> LoadReport:
+        obj = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        state_dict = obj
+        for key in ('state_dict', 'model'):
+            if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+                state_dict = state_dict[key]
+                break
+        if prefix is None and any(k.startswith('backbone.') for k in state_dict):
+            prefix = 'backbone.'
+        if prefix:
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if not state_dict:
+                raise CheckpointError(f'{checkpoint}: no key starts with prefix {prefix!r}')
+            if all(k.startswith('model.') for k in state_dict):  # saved from this backbone
+                state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
+        report = LoadReport('')
+        try:
+            converted = convert_state_dict(state_dict, self.model, report=report)
+        except CheckpointError as e:
+            raise CheckpointError(f'{checkpoint} (for {self.model_name}): {e}') from e
+        self.model.load_state_dict(converted, strict=True)
+        return report
+
+    def _freeze_stages(self):
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.model.stem] + list(self.model.stages[:self.frozen_stages])
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))

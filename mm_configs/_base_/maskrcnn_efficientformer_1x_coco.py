@@ -1,0 +1,36 @@
+# Mask R-CNN 1x on COCO with an EfficientFormer backbone: the paper's recipe (AdamW 2e-4, 12 epochs,
+# lr steps at 8 and 11, linear warm-up 500 iterations, 1333x800) on mmdet's own bases.
+# Assumes 8 GPUs x 2 images (total batch 16); with another total batch add --auto-scale-lr and mmengine
+# scales lr linearly from base_batch_size=16.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['efficientformer_timm.mm'], allow_failed_imports=False)
+
+data_root = '{{$COCO_ROOT:data/coco/}}'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='EfficientFormerBackbone',
+        model_name='efficientformer_l1',
+        out_indices=(0, 1, 2, 3),
+        feature_norm=True,
+        drop_path_rate=0.,
+        frozen_stages=-1,
+        norm_eval=False,
+        init_cfg=dict(type='Pretrained', checkpoint=None)),
+    neck=dict(in_channels=[48, 96, 224, 448]))
+
+train_dataloader = dict(batch_size=2, num_workers=2, dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+# param_scheduler (warm-up 500 iters, steps at epochs 8 and 11) comes from mmdet's schedule_1x
+optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, weight_decay=1e-4))
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -1,0 +1,10 @@
+# Semantic FPN 40k ADE20K, efficientformerv2_s2 backbone. ImageNet weights: set $EFFICIENTFORMER_V2_S2_CKPT
+# (default checkpoints/efficientformerv2_s2.snap_dist_in1k.safetensors, made with tools/convert_checkpoint.py); data from $ADE20K_ROOT
+# (default data/ade/ADEChallengeData2016).
+_base_ = ['./_base_/semfpn_efficientformer_ade20k_40k.py']
+
+model = dict(
+    backbone=dict(
+        model_name='efficientformerv2_s2',
+        init_cfg=dict(checkpoint='{{$EFFICIENTFORMER_V2_S2_CKPT:checkpoints/efficientformerv2_s2.snap_dist_in1k.safetensors}}')),
+    neck=dict(in_channels=[32, 64, 144, 288]))
