@@ -53,13 +53,6 @@ class EfficientFormerBackbone(BaseModule):
             raise ValueError(f'EfficientFormerBackbone: out_indices {out_indices} must be stage indices in 0..3')
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f'EfficientFormerBackbone: frozen_stages={frozen_stages} must be in -1..4')
-        if init_cfg is not None and init_cfg.get('type') == 'Pretrained':
-            checkpoint = init_cfg.get('checkpoint')
-            if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
-                raise FileNotFoundError(
-                    f'EfficientFormerBackbone: init_cfg checkpoint {checkpoint!r} does not exist. Convert the '
-                    'ImageNet checkpoint with tools/convert_checkpoint.py and point the config (or its environment '
-                    'variable) at it, or set init_cfg=None to train from scratch.')
         super().__init__(init_cfg)
         self.model_name = model_name
         self.out_indices = out_indices
@@ -80,7 +73,13 @@ class EfficientFormerBackbone(BaseModule):
             return
         # mmengine's PretrainedInit loads non-strictly and only unwraps 'state_dict': load ourselves instead
         logger = MMLogger.get_current_instance()
-        checkpoint = self.init_cfg['checkpoint']
+        checkpoint = self.init_cfg.get('checkpoint')
+        # checked here, not at build time: `mim test` builds the model without initialising it
+        if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
+            raise FileNotFoundError(
+                f'EfficientFormerBackbone: init_cfg checkpoint {checkpoint!r} does not exist. Convert the ImageNet '
+                'checkpoint with tools/convert_checkpoint.py and point the config (or its environment variable) at '
+                'it, or set model.backbone.init_cfg=None to train from scratch.')
         report = self.load_pretrained(checkpoint, prefix=self.init_cfg.get('prefix'))
         logger.info(
             f'EfficientFormerBackbone: loaded {len(report.loaded)} tensors ({report.source_format} format) from '

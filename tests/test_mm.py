@@ -1,0 +1,215 @@
+"""Issue 3: the OpenMMLab backbone and configs (build, forward/backward, freezing, init_cfg loading)."""
+import glob
+import os
+
+import pytest
+import timm
+import torch
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+from mmengine.structures import PixelData  # noqa: E402
+
+from efficientformer_timm import CheckpointError  # noqa: E402
+from efficientformer_timm.checkpoint import timm_to_original  # noqa: E402
+from efficientformer_timm.mm import EfficientFormerBackbone  # noqa: E402
+from conftest import randomize_  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', '*.py')))
+
+
+@pytest.fixture(scope='module')
+def pretrained_env(tmp_path_factory):
+    """Random-weight timm checkpoints for every model, pointed to by the configs' environment variables."""
+    folder = tmp_path_factory.mktemp('ckpts')
+    env = {}
+    for short, name in [('L1', 'efficientformer_l1'), ('L3', 'efficientformer_l3'), ('L7', 'efficientformer_l7'),
+                        ('V2_S0', 'efficientformerv2_s0'), ('V2_S1', 'efficientformerv2_s1'),
+                        ('V2_S2', 'efficientformerv2_s2'), ('V2_L', 'efficientformerv2_l')]:
+        path = str(folder / f'{name}.pth')
+        torch.save(timm.create_model(name).state_dict(), path)
+        env[f'EFFICIENTFORMER_{short}_CKPT'] = path
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
+
+
+def test_every_model_has_both_configs():
+    names = {os.path.basename(c) for c in CONFIGS}
+    for tag in ('l1', 'l3', 'l7', 'v2_s0', 'v2_s1', 'v2_s2', 'v2_l'):
+        assert f'maskrcnn_{tag}.py' in names and f'semfpn_{tag}_ade20k.py' in names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_config_parses_builds_and_loads_pretrained(path, pretrained_env):
+    cfg = Config.fromfile(path)
+    scope = 'mmdet' if 'maskrcnn' in path else 'mmseg'
+    init_default_scope(scope)
+    model = MODELS.build(cfg.model)
+    backbone = model.backbone
+    assert isinstance(backbone, EfficientFormerBackbone)
+    assert list(cfg.model.neck.in_channels) == backbone.out_channels
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW' and cfg.optim_wrapper.optimizer.lr == 2e-4
+    assert cfg.optim_wrapper.optimizer.weight_decay == (0.05 if 'v2' in path and scope == 'mmdet' else 1e-4)
+    if scope == 'mmdet':
+        assert cfg.train_cfg.max_epochs == 12 and cfg.param_scheduler[1].milestones == [8, 11]
+        assert cfg.param_scheduler[0].end == 500 and cfg.train_dataloader.dataset.data_root == 'data/coco/'
+    else:
+        assert cfg.train_cfg.max_iters == 40000 and cfg.param_scheduler[0].type == 'PolyLR'
+        assert cfg.model.decode_head.num_classes == 150 and cfg.crop_size == (512, 512)
+        assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
+    model.init_weights()
+    source = torch.load(cfg.model.backbone.init_cfg.checkpoint, weights_only=True)
+    for key, value in backbone.model.state_dict().items():
+        if not key.startswith('feature_norms'):
+            assert torch.equal(value, source[key]), key
+
+
+def test_data_root_from_environment(monkeypatch):
+    monkeypatch.setenv('COCO_ROOT', '/datasets/coco/')
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'maskrcnn_l1.py'))
+    assert cfg.train_dataloader.dataset.data_root == '/datasets/coco/'
+    assert cfg.val_evaluator.ann_file == '/datasets/coco/annotations/instances_val2017.json'
+
+
+def _toy_det_model():
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'maskrcnn_l1_toy.py'))
+    init_default_scope('mmdet')
+    return MODELS.build(cfg.model)
+
+
+def test_detector_loss_and_predict_at_odd_sizes():
+    from mmdet.testing import demo_mm_inputs
+    model = _toy_det_model()
+    torch.manual_seed(0)
+    packed = demo_mm_inputs(2, [(3, 200, 333), (3, 251, 190)], num_items=[3, 2], num_classes=3, with_mask=True)
+    data = model.data_preprocessor(packed, True)
+    losses = model(**data, mode='loss')
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v)
+                for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for n, p in model.backbone.named_parameters() if 'stages.0' in n)
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(packed, False), mode='predict')
+    assert len(results) == 2 and results[0].pred_instances.bboxes.shape[1] == 4
+
+
+def test_segmentor_loss_and_predict_at_odd_sizes():
+    from mmseg.structures import SegDataSample
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'semfpn_l1_ade20k_toy.py'))
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model)
+    samples = []
+    for h, w in [(200, 333), (200, 333)]:
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, h, w)))
+        samples.append(sample)
+    inputs = [torch.randint(0, 255, (3, 200, 333), dtype=torch.uint8) for _ in samples]
+    data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True)
+    losses = model(**data, mode='loss')
+    losses['decode.loss_ce'].backward()
+    assert torch.isfinite(losses['decode.loss_ce'])
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False)
+        assert data['inputs'].shape[-2:] == (200, 333)  # predict mode runs the backbone at the odd size
+        results = model(**data, mode='predict')
+    assert results[0].pred_sem_seg.data.shape == (1, 200, 333)
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_frozen_stages_and_norm_eval(name):
+    backbone = EfficientFormerBackbone(name, frozen_stages=2, norm_eval=False)
+    randomize_(backbone)
+    backbone.train()
+    frozen = [backbone.model.stem, backbone.model.stages[0], backbone.model.stages[1]]
+    stats_before = [m.running_mean.clone() for f in frozen for m in f.modules()
+                    if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(not m.training for f in frozen for m in f.modules())
+    assert backbone.model.stages[2].training
+    outs = backbone(torch.randn(2, 3, 97, 131))
+    sum(o.sum() for o in outs).backward()
+    for module in frozen:
+        assert all(not p.requires_grad and p.grad is None for p in module.parameters())
+    assert all(p.grad is not None for p in backbone.model.stages[2].parameters() if p.requires_grad)
+    stats_after = [m.running_mean for f in frozen for m in f.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats_before, stats_after))
+
+    held = EfficientFormerBackbone(name, norm_eval=True).train()
+    bns = [m for m in held.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    before = [m.running_var.clone() for m in bns]
+    held(torch.randn(2, 3, 64, 96))
+    assert all(torch.equal(a, m.running_var) for a, m in zip(before, bns))
+
+
+def test_backbone_outputs_at_non_multiple_of_32():
+    backbone = EfficientFormerBackbone('efficientformer_l3', out_indices=(1, 2, 3)).eval()
+    with torch.no_grad():
+        outs = backbone(torch.randn(1, 3, 333, 517))
+    assert [tuple(o.shape) for o in outs] == [(1, 128, 42, 65), (1, 320, 21, 33), (1, 512, 11, 17)]
+    assert backbone.out_channels == [128, 320, 512]
+
+
+def _init_backbone(name, path, prefix=None):
+    init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    if prefix:
+        init_cfg['prefix'] = prefix
+    backbone = EfficientFormerBackbone(name, init_cfg=init_cfg)
+    backbone.init_weights()
+    return backbone
+
+
+def _assert_backbone_matches(backbone, source):
+    src = source.state_dict()
+    for key, value in backbone.model.state_dict().items():
+        if not key.startswith('feature_norms'):
+            assert torch.equal(value, src[key]), key
+
+
+@pytest.mark.parametrize('fmt', ['timm', 'original', 'transformers', 'mmdet'])
+def test_init_cfg_loads_every_format(fmt, tmp_path):
+    source = randomize_(timm.create_model('efficientformer_l1'))
+    sd = source.state_dict()
+    path = tmp_path / 'ckpt.pth'
+    if fmt == 'timm':
+        torch.save(sd, path)
+    elif fmt == 'original':
+        torch.save({'model': timm_to_original(sd)}, path)
+    elif fmt == 'transformers':
+        transformers = pytest.importorskip('transformers')
+        config = transformers.EfficientFormerConfig(hidden_size=448)
+        hf = randomize_(transformers.EfficientFormerForImageClassificationWithTeacher(config))
+        hf.save_pretrained(tmp_path / 'hf')
+        from efficientformer_timm.transformers_compat import create_model_from_transformers
+        source = create_model_from_transformers(tmp_path / 'hf')
+        path = tmp_path / 'hf' / 'model.safetensors'
+    else:  # an mmdet training checkpoint of this backbone, with optimizer state beside it
+        trained = EfficientFormerBackbone('efficientformer_l1')
+        trained.model.load_state_dict({k: v for k, v in sd.items() if not k.startswith('head')}, strict=False)
+        torch.save({'meta': {'epoch': 1}, 'state_dict': {'backbone.' + k: v for k, v in trained.state_dict().items()},
+                    'optimizer': {}}, path)
+    backbone = _init_backbone('efficientformer_l1', path, prefix='backbone.' if fmt == 'mmdet' else None)
+    _assert_backbone_matches(backbone, source)
+
+
+def test_init_cfg_wrong_variant_and_missing_file(tmp_path):
+    torch.save(timm.create_model('efficientformer_l3').state_dict(), tmp_path / 'l3.pth')
+    with pytest.raises(CheckpointError, match=r'l3\.pth \(for efficientformer_l1\).*looks like efficientformer_l3'):
+        _init_backbone('efficientformer_l1', tmp_path / 'l3.pth')
+    with pytest.raises(FileNotFoundError, match=r'init_cfg checkpoint .*nope\.pth.*does not exist'):
+        _init_backbone('efficientformer_l1', tmp_path / 'nope.pth')
+    with pytest.raises(ValueError, match=r"unknown model_name 'efficientformer_l2'.*efficientformer_l1"):
+        EfficientFormerBackbone('efficientformer_l2')
+    with pytest.raises(ValueError, match=r'out_indices \(1, 4\) must be stage indices in 0..3'):
+        EfficientFormerBackbone(out_indices=(1, 4))
