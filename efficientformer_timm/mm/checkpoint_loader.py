@@ -1,35 +1,40 @@
 """mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 then refuses the checkpoints
 mmengine itself writes (``--resume``, ``load_from``, ``mim test``): "Unsupported global: ...HistoryBuffer".
 
-Instead of turning the safe loader off, the local scheme is replaced by one that keeps ``weights_only=True``
-and allows exactly the types mmengine puts in a checkpoint (message hub buffers, numpy scalars / arrays).
+The local scheme is replaced by one that loads weight files (timm, converted, safetensors) with
+``weights_only=True``. mmengine training checkpoints pickle the message hub (``HistoryBuffer`` and its
+statistics methods, reached through ``getattr``) and cannot be read that way without allowing ``getattr``,
+which would void the safe loader; for those, and only those, it falls back to a full load, as every torch
+before 2.6 did, and says so.
 """
 import os
+import pickle
+import warnings
 
-import numpy as np
 import torch
-from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader
-
-
-def _numpy_globals():
-    from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(np.dtype(t)) for t in ('float16', 'float32', 'float64', 'int8', 'int16', 'int32', 'int64',
-                                          'uint8', 'bool')]
-    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
-
-
-MMENGINE_SAFE_GLOBALS = [HistoryBuffer, *_numpy_globals()]
 
 
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_local_checkpoint(filename, map_location=None):
-    """Local files: safetensors, or torch.load with weights_only=True and mmengine's checkpoint types allowed."""
+    """Local files: safetensors, or torch.load (weights_only unless the file is an mmengine training
+    checkpoint)."""
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     if filename.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(filename, device=str(map_location or 'cpu'))
-    with torch.serialization.safe_globals(MMENGINE_SAFE_GLOBALS):
+    try:
         return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'mmengine' not in str(e) and 'getattr' not in str(e):  # not the shape of an mmengine checkpoint
+            raise
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        checkpoint = torch.load(filename, map_location=map_location, weights_only=False)
+    MMLogger.get_current_instance().info(
+        f'{filename} is an mmengine training checkpoint (message hub, config): loaded with '
+        'weights_only=False, as mmengine wrote it. Only load training checkpoints you trust.')
+    return checkpoint
