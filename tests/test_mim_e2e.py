@@ -64,3 +64,18 @@ def test_mim_train_test_resume(framework, tmp_path):
                 *short], env, ROOT)
     assert 'resumed epoch: 0, iter: 6' in log
     assert 'Iter(train) [ 7/12]' in log and 'Iter(train) [ 6/12]' not in log
+
+
+def test_distributed_two_cpu_processes(tmp_path):
+    """`--launcher pytorch` with 2 processes on a CPU-only machine (gloo), through the real Mask R-CNN recipe."""
+    data = tmp_path / 'data'
+    subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'make_synthetic_data.py'), 'coco', str(data) + '/',
+                    '--train', '8', '--val', '4', '--size', '128'], check=True)
+    env = dict(os.environ, TOY_COCO_ROOT=str(data) + '/')
+    work = tmp_path / 'work'
+    log = _run([MIM, 'train', 'mmdet', JOBS['mmdet']['config'], '--launcher', 'pytorch', '--gpus', '2',
+                '--work-dir', str(work), '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1'], env, ROOT)
+    assert '--nproc_per_node=2' in log and 'Distributed training: True' in log
+    assert 'Iter(train) [2/2]' in log and 'coco/bbox_mAP' in log
+    assert os.path.isfile(work / 'iter_2.pth')

@@ -9,6 +9,8 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['efficientformer_timm.mm'], allow_failed_imports=False)
+# mmengine's Runner, plus `--launcher pytorch` on CPU-only machines (gloo, SyncBN as BN)
+runner_type = 'EfficientFormerRunner'
 
 data_root = '{{$COCO_ROOT:data/coco/}}'
 

@@ -9,6 +9,8 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['efficientformer_timm.mm'], allow_failed_imports=False)
+# mmengine's Runner, plus `--launcher pytorch` on CPU-only machines (gloo, SyncBN as BN)
+runner_type = 'EfficientFormerRunner'
 
 data_root = '{{$ADE20K_ROOT:data/ade/ADEChallengeData2016}}'
 crop_size = (512, 512)

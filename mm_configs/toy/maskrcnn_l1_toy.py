@@ -53,4 +53,3 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
-env_cfg = dict(dist_cfg=dict(backend='{{$DIST_BACKEND:gloo}}'))

@@ -5,13 +5,12 @@ _base_ = ['../semfpn_l1_ade20k.py']
 data_root = '{{$TOY_ADE20K_ROOT:demo_out/toy_ade20k}}'
 crop_size = (256, 256)
 
-# A narrower neck and head than the recipe's (256 / 128) keep a CPU iteration near a second; plain BN because
-# SyncBN has no CPU kernel in multi-process runs.
+# A narrower neck and head than the recipe's (256 / 128) keep a CPU iteration near a second.
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(init_cfg=None),  # no ImageNet weights offline: train from scratch
     neck=dict(out_channels=64),
-    decode_head=dict(in_channels=[64] * 4, channels=32, norm_cfg=dict(type='BN', requires_grad=True)))
+    decode_head=dict(in_channels=[64] * 4, channels=32))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -38,4 +37,3 @@ param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=max_
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))
-env_cfg = dict(dist_cfg=dict(backend='{{$DIST_BACKEND:gloo}}'))

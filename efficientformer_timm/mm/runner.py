@@ -1,0 +1,36 @@
+"""mmengine's Runner with ``--launcher pytorch`` working on machines without CUDA.
+
+mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device(LOCAL_RANK)`` unconditionally, and SyncBN
+has no CPU kernel. Without CUDA this runner creates the process group itself with gloo (before mmengine's
+launcher, which then skips its own) and reverts SyncBN to BN. With CUDA it is mmengine's Runner unchanged.
+Configs select it with ``runner_type = 'EfficientFormerRunner'``.
+"""
+import torch
+import torch.distributed as torch_dist
+from mmengine.dist import is_distributed
+from mmengine.logging import print_log
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+
+@RUNNERS.register_module()
+class EfficientFormerRunner(Runner):
+
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed and not is_distributed() and not torch.cuda.is_available():
+            if self.launcher != 'pytorch':
+                raise RuntimeError(f'launcher {self.launcher!r} needs CUDA here; on CPU use --launcher pytorch')
+            torch_dist.init_process_group(backend='gloo')
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if self.distributed and not torch.cuda.is_available():
+            print_log('no CUDA: SyncBN layers run as BN in each process', logger='current')
+            model = revert_sync_batchnorm(model)
+            # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP rejects for CPU modules
+            model_wrapper_cfg = dict(model_wrapper_cfg or dict(
+                type='MMDistributedDataParallel', broadcast_buffers=False,
+                find_unused_parameters=self.cfg.get('find_unused_parameters', False)))
+            model_wrapper_cfg.setdefault('device_ids', None)
+        return super().wrap_model(model_wrapper_cfg, model)
