@@ -7,6 +7,7 @@ per-output feature norms absent from a classification checkpoint are kept at the
 initialisation, and classifier heads are dropped when the model has none.
 """
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from ._bias import relative_offset_index
 
 _logger = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ def original_to_timm(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, tor
 def timm_to_original(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """timm keys -> the authors' release layout (inverse of ``original_to_timm``).
 
-    V2's attention index buffers, which timm derives instead of saving, are not written.
+    V2's attention index buffers, which timm derives instead of saving, are regenerated as the release has them.
     """
     v2 = _is_v2(state_dict)
     out = {}
@@ -143,7 +146,16 @@ def timm_to_original(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
         if v2 and re.search(r'layer_scale_\d$', orig):
             value = value.reshape(-1, 1, 1)
         out[orig] = value
+        if v2 and key.endswith('attention_biases'):
+            out[orig[:-len('attention_biases')] + 'attention_bias_idxs'] = _v2_bias_index(key, value)
     return out
+
+
+def _v2_bias_index(biases_key: str, biases: torch.Tensor) -> torch.Tensor:
+    """The relative-offset index V2's release saves beside ``biases`` (square table; the attention
+    downsample's queries sit on every second position)."""
+    side = math.isqrt(biases.shape[1])
+    return relative_offset_index((side, side), 2 if 'downsample.attn' in biases_key else 1)
 
 
 def _timm_key_to_original(key: str, v2: bool) -> str:
@@ -315,12 +327,19 @@ def convert_state_dict(
         if key not in target:
             if (re.match(r'head(_dist)?\.', key) and not has_head) or _pruned(key, model):
                 report.dropped.append(key)
-            elif _V2_DERIVED.search(key):
-                report.dropped.append(key)  # derived index buffer, rebuilt by the model
+            elif _V2_DERIVED.search(key):  # the release saves the index V2 derives: check it, then drop it
+                biases_key = key[:-len('attention_bias_idxs')] + 'attention_biases'
+                biases = converted.get(biases_key)
+                if biases is None or not torch.equal(value, _v2_bias_index(biases_key, biases)):
+                    wrong_shape.append(f"{key}: index table differs from the model's relative-offset layout")
+                else:
+                    report.dropped.append(key)
             else:
                 unused.append(key)
         elif value.shape != target[key].shape:
             wrong_shape.append(f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}')
+        elif value.is_floating_point() != target[key].is_floating_point():
+            wrong_shape.append(f'{key}: checkpoint dtype {value.dtype} vs model {target[key].dtype}')
         elif key.endswith('attention_bias_idxs') and not torch.equal(value.to(target[key]), target[key]):
             wrong_shape.append(f'{key}: index table differs from the model\'s relative-offset layout')
         else:

@@ -22,6 +22,7 @@ from timm.models._features import feature_take_indices
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
 from ._bias import GridAttentionBias
+from ._validate import check_image_batch
 
 __all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
 
@@ -270,6 +271,7 @@ class EfficientFormer(nn.Module):
         ``norm`` applies the final LayerNorm to the last stage's output; ``feature_norms`` (when built) are
         applied to every returned map.
         """
+        check_image_batch(x, self.in_chans)
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         intermediates = []
@@ -314,6 +316,7 @@ class EfficientFormer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final tokens (B, N, C) after the last LayerNorm: transformers' ``last_hidden_state``."""
+        check_image_batch(x, self.in_chans)
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)
@@ -321,6 +324,7 @@ class EfficientFormer(nn.Module):
     def forward_hidden_states(self, x: torch.Tensor) -> List[torch.Tensor]:
         """transformers' ``hidden_states``: stem, then each stage's blocks and each downsample, then the
         final tokens before the last LayerNorm (8 tensors for the 4-stage models)."""
+        check_image_batch(x, self.in_chans)
         x = self.stem(x)
         hidden_states = [x]
         for stage in self.stages:

@@ -24,6 +24,7 @@ from timm.models._features import feature_take_indices
 from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGlobalQuery, Stem4
 
 from ._bias import GridAttentionBias
+from ._validate import check_image_batch
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
 
@@ -339,6 +340,7 @@ class EfficientFormerV2(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs as NCHW maps; ``norm`` applies the final norm to the last stage's output and
         ``feature_norms`` (when built) are applied to every returned map."""
+        check_image_batch(x, self.in_chans)
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         intermediates = []
@@ -381,6 +383,7 @@ class EfficientFormerV2(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_chans)
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)

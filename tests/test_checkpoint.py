@@ -11,6 +11,7 @@ import timm.models.efficientformer as timm_v1
 from safetensors.torch import load_file, save_file
 
 from efficientformer_timm import CheckpointError, load_checkpoint
+from efficientformer_timm._bias import relative_offset_index
 from efficientformer_timm.checkpoint import detect_format, infer_model_name, timm_to_original
 from conftest import ALL_MODELS, V2_MODELS, randomize_
 
@@ -100,9 +101,14 @@ def test_original_release_format_reproduces_logits(name, tmp_path):
     sd = src.state_dict()
     if name in V2_MODELS:
         original = _v2_original_by_hand(sd)
-        assert timm_to_original(sd).keys() == original.keys()
-        for key in [k for k in original if k.endswith('attention_biases')]:  # the release saves its indices
-            original[key[:-len('attention_biases')] + 'attention_bias_idxs'] = torch.zeros(1, dtype=torch.long)
+        for key, biases in [(k, v) for k, v in original.items() if k.endswith('attention_biases')]:
+            side = int(biases.shape[1] ** 0.5)  # the release saves its offset indices too
+            stride = 2 if '.attn.' in key and 'token_mixer' not in key else 1
+            original[key[:-len('attention_biases')] + 'attention_bias_idxs'] = relative_offset_index(
+                (side, side), stride)
+        converted = timm_to_original(sd)
+        assert converted.keys() == original.keys()
+        assert all(torch.equal(converted[k], original[k]) for k in original)
     else:
         original = timm_to_original(sd)
     torch.save({'model': original, 'epoch': 299}, tmp_path / 'release.pth')

@@ -98,7 +98,8 @@ def segmentation(env):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    env = dict(os.environ)
+    # mim and mmengine import pkg_resources: keep its deprecation notice out of the training log
+    env = dict(os.environ, PYTHONWARNINGS='ignore:pkg_resources is deprecated')
     bbox_map, segm_map, det_picture = detection(env)
     miou, seg_picture = segmentation(env)
     _banner('Summary (synthetic validation sets)')

@@ -2,8 +2,8 @@
 
 mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device(LOCAL_RANK)`` unconditionally, and SyncBN
 has no CPU kernel. Without CUDA this runner creates the process group itself with gloo (before mmengine's
-launcher, which then skips its own) and reverts SyncBN to BN. With CUDA it is mmengine's Runner unchanged.
-Configs select it with ``runner_type = 'EfficientFormerRunner'``.
+launcher, which then skips its own) and reverts SyncBN to BN. It also checks, when the model is built, that the
+neck takes the channels the backbone gives. Configs select it with ``runner_type = 'EfficientFormerRunner'``.
 """
 import torch
 import torch.distributed as torch_dist
@@ -16,6 +16,19 @@ from mmengine.runner import Runner
 
 @RUNNERS.register_module()
 class EfficientFormerRunner(Runner):
+
+    def build_model(self, model):
+        model = super().build_model(model)
+        backbone, neck = getattr(model, 'backbone', None), getattr(model, 'neck', None)
+        expected = getattr(backbone, 'out_channels', None)
+        given = getattr(neck, 'in_channels', None)
+        if expected is not None and given is not None and list(given) != list(expected):
+            raise ValueError(
+                f'model.neck.in_channels={list(given)} does not match the backbone '
+                f'{getattr(backbone, "model_name", type(backbone).__name__)} with out_indices='
+                f'{getattr(backbone, "out_indices", None)}, which gives {list(expected)} channels: set '
+                f'model.neck.in_channels={list(expected)}')
+        return model
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():

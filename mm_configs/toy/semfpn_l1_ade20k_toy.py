@@ -37,3 +37,4 @@ param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=max_
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))
+randomness = dict(seed=0)
