@@ -38,6 +38,8 @@ class GridAttentionBias(nn.Module):
     it); in train, while tracing or compiling it is recomputed so gradients reach the table.
     """
     attention_bias_cache: Dict[Tuple, torch.Tensor]
+    # False recomputes the resized bias at every forward (what the authors' dense code does); benchmarks only
+    cache_attention_bias: bool = True
 
     def _init_attention_bias(
             self, num_heads: int, table_size: Tuple[int, int], query_stride: int = 1,
@@ -74,7 +76,8 @@ class GridAttentionBias(nn.Module):
         return table[:, index]
 
     def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if (self.training or not self.cache_attention_bias or torch.jit.is_tracing()
+                or torch.compiler.is_compiling()):
             return self._compute_attention_bias(grid).to(dtype)
         key = (int(grid[0]), int(grid[1]), self.attention_biases.device, dtype, self.attention_biases._version)
         bias = self.attention_bias_cache.get(key)

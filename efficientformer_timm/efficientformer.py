@@ -23,6 +23,7 @@ from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
 from ._bias import GridAttentionBias
 from ._validate import check_image_batch
+from .fuse import fuse_batchnorm
 
 __all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
 
@@ -388,12 +389,14 @@ default_cfgs = generate_default_cfgs({
 
 def _create_efficientformer(variant, pretrained=False, **kwargs):
     out_indices = kwargs.pop('out_indices', 4)
-    return build_model_with_cfg(
+    fuse_bn = kwargs.pop('fuse_bn', False)  # fold BatchNorm into convs for inference, after weights are loaded
+    model = build_model_with_cfg(
         EfficientFormer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    return fuse_batchnorm(model) if fuse_bn else model
 
 
 @register_model

@@ -25,6 +25,7 @@ from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGloba
 
 from ._bias import GridAttentionBias
 from ._validate import check_image_batch
+from .fuse import fuse_batchnorm
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
 
@@ -440,12 +441,14 @@ default_cfgs = generate_default_cfgs({
 
 def _create_efficientformerv2(variant, pretrained=False, **kwargs):
     out_indices = kwargs.pop('out_indices', 4)
-    return build_model_with_cfg(
+    fuse_bn = kwargs.pop('fuse_bn', False)  # fold BatchNorm into convs for inference, after weights are loaded
+    model = build_model_with_cfg(
         EfficientFormerV2, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    return fuse_batchnorm(model) if fuse_bn else model
 
 
 @register_model

@@ -36,9 +36,12 @@ def _final_metrics(work_dir):
 
 
 def _train(framework, config, env, work_dir):
+    """Train with mim; returns the final checkpoint."""
     cmd = [MIM, 'train', framework, config, '--work-dir', work_dir]
     print('$', ' '.join(cmd), flush=True)
     subprocess.run(cmd, env=env, cwd=ROOT, check=True)  # mmengine's log streams progress to the terminal
+    with open(os.path.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
 
 
 def detection(env):
@@ -50,7 +53,7 @@ def detection(env):
     config = os.path.join(ROOT, 'mm_configs', 'toy', 'maskrcnn_l1_toy.py')
     work_dir = os.path.join(OUT, 'maskrcnn_l1')
     _banner('Mask R-CNN + EfficientFormer-L1: training on synthetic COCO (CPU, 300 iterations)')
-    _train('mmdet', config, env, work_dir)
+    checkpoint = _train('mmdet', config, env, work_dir)
     metrics = _final_metrics(work_dir)
     bbox_map, segm_map = metrics['coco/bbox_mAP'], metrics['coco/segm_mAP']
 
@@ -58,7 +61,7 @@ def detection(env):
     import mmcv
     from mmdet.apis import inference_detector, init_detector
     from mmdet.visualization import DetLocalVisualizer
-    model = init_detector(config, os.path.join(work_dir, 'iter_300.pth'), device='cpu')
+    model = init_detector(config, checkpoint, device='cpu')
     image_path = os.path.join(data, 'val2017', '000000.jpg')
     result = inference_detector(model, image_path)
     visualizer = DetLocalVisualizer()
@@ -77,15 +80,15 @@ def segmentation(env):
     env = dict(env, TOY_ADE20K_ROOT=data)
     config = os.path.join(ROOT, 'mm_configs', 'toy', 'semfpn_l1_ade20k_toy.py')
     work_dir = os.path.join(OUT, 'semfpn_l1')
-    _banner('Semantic FPN + EfficientFormer-L1: training on synthetic ADE20K (CPU, 200 iterations)')
-    _train('mmseg', config, env, work_dir)
+    _banner('Semantic FPN + EfficientFormer-L1: training on synthetic ADE20K (CPU, 100 iterations)')
+    checkpoint = _train('mmseg', config, env, work_dir)
     miou = _final_metrics(work_dir)['mIoU']
 
     os.environ['TOY_ADE20K_ROOT'] = data
     import mmcv
     from mmseg.apis import inference_model, init_model
     from mmseg.visualization import SegLocalVisualizer
-    model = init_model(config, os.path.join(work_dir, 'iter_200.pth'), device='cpu')
+    model = init_model(config, checkpoint, device='cpu')
     image_path = sorted(glob.glob(os.path.join(data, 'images', 'validation', '*.jpg')))[0]
     result = inference_model(model, image_path)
     visualizer = SegLocalVisualizer()

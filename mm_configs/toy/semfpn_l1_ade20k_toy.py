@@ -10,7 +10,8 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(init_cfg=None),  # no ImageNet weights offline: train from scratch
     neck=dict(out_channels=64),
-    decode_head=dict(in_channels=[64] * 4, channels=32))
+    # most pixels are 'other' (ignored): average the loss over labelled pixels only
+    decode_head=dict(in_channels=[64] * 4, channels=32, loss_decode=dict(avg_non_ignore=True)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -30,7 +31,7 @@ val_dataloader = dict(
     num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_iters = 200
+max_iters = 100
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=max_iters, by_epoch=False)]

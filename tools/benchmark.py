@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Side-by-side speed of the EfficientFormer features_only backbone, in one process, interleaved run by run.
+
+    python tools/benchmark.py [--models efficientformer_l1 ...] [--sizes 224 512 800x1333] [--threads 2]
+                              [--repeats 15] [--json benchmark.json] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+
+For each model and input size it times (eval, no grad) batch 1 (latency) and batch 8 (throughput):
+  ours        this package's features model (resized attention biases cached per grid)
+  ours_fused  the same with BatchNorm folded into the convolutions (``fuse_batchnorm``)
+  resize_every_forward  ours with the bias resized at every forward, as the authors' dense code does
+  timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
+  resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone
+Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``. Also: FLOPs of
+our backbone (torch.utils.flop_counter), the GFLOP/s it achieves, the machine's fp32 matmul GFLOP/s measured
+in the same run, and peak memory of one forward (CUDA: max_memory_allocated; CPU: torch profiler allocations).
+"""
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import efficientformer_timm  # noqa: F401
+from efficientformer_timm.fuse import fuse_batchnorm
+
+DEFAULT_MODELS = ['efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7', 'efficientformerv2_s0',
+                  'efficientformerv2_s1', 'efficientformerv2_s2', 'efficientformerv2_l']
+
+
+def parse_size(text):
+    h, _, w = text.partition('x')
+    return int(h), int(w or h)
+
+
+def builtin_features(name):
+    """timm's own implementation, bypassing the registry entry this package replaced."""
+    module = timm.models.efficientformer_v2 if 'v2' in name else timm.models.efficientformer
+    return getattr(module, name)(features_only=True)
+
+
+def build_variants(name, size, device):
+    ours = timm.create_model(name, features_only=True).eval()
+    fused = fuse_batchnorm(copy.deepcopy(ours))
+    resize = copy.deepcopy(ours)
+    for m in resize.modules():
+        if hasattr(m, 'cache_attention_bias'):
+            m.cache_attention_bias = False
+    variants = {'ours': ours, 'ours_fused': fused, 'resize_every_forward': resize,
+                'resnet50': timm.create_model('resnet50', features_only=True)}
+    if size == (224, 224):
+        variants['timm_builtin'] = builtin_features(name)
+    return {k: v.eval().to(device) for k, v in variants.items()}
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_once(model, x, device, autocast_dtype):
+    sync(device)
+    start = time.perf_counter()
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        model(x)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def count_flops(model, x):
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def peak_memory_mb(model, x, device):
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            model(x)
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
+        model(x)
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        if not event.cpu_children:
+            current += event.cpu_memory_usage
+            peak = max(peak, current)
+    return peak / 2 ** 20
+
+
+def matmul_gflops(device, repeats):
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS)
+    parser.add_argument('--sizes', nargs='+', default=['224', '512', '800x1333'])
+    parser.add_argument('--batches', nargs='+', type=int, default=[1, 8])
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--repeats', type=int, default=15)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=['fp32', 'fp16', 'bf16'], default='fp32')
+    parser.add_argument('--json', default='benchmark.json')
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    autocast_dtype = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+
+    machine = dict(
+        date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=str(device),
+        cpu=platform.processor() or platform.machine(), threads=args.threads, dtype=args.dtype,
+        torch=torch.__version__, timm=timm.__version__,
+        gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None)
+    machine['matmul_fp32_gflops'] = matmul_gflops(device, max(args.repeats, 10))
+    print(f"# {machine['date']} {machine['device']} {machine['gpu'] or machine['cpu']}, {args.threads} threads, "
+          f"{args.dtype}; fp32 2048^3 matmul: {machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
+    print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB |')
+    print('|---|---|---|---|---|---|---|---|')
+    results = []
+    for name in args.models:
+        for size_text in args.sizes:
+            size = parse_size(size_text)
+            variants = build_variants(name, size, device)
+            for batch in args.batches:
+                x = torch.randn(batch, 3, *size, device=device)
+                for _ in range(args.warmup):
+                    for model in variants.values():
+                        time_once(model, x, device, autocast_dtype)
+                times = {k: [] for k in variants}
+                for _ in range(args.repeats):  # interleaved: every variant once per repeat
+                    for key, model in variants.items():
+                        times[key].append(time_once(model, x, device, autocast_dtype))
+                flops = count_flops(variants['ours'], x)
+                medians = {k: statistics.median(v) for k, v in times.items()}
+                for key in variants:
+                    row = dict(model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
+                               median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
+                               peak_mb=peak_memory_mb(variants[key], x, device))
+                    if key == 'ours':
+                        row['gflops'] = flops / 1e9
+                        row['achieved_gflops_per_s'] = flops / medians['ours'] / 1e9
+                        row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
+                    results.append(row)
+                    achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
+                    print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
+                          f"{row['ratio_to_ours']:.2f} | {achieved} | {row['peak_mb']:.0f} |", flush=True)
+    with open(args.json, 'w') as f:
+        json.dump(dict(machine=machine, results=results), f, indent=1)
+    print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+    main()
