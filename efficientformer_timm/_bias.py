@@ -65,7 +65,10 @@ class GridAttentionBias(nn.Module):
 
     def _compute_attention_bias(self, grid: Tuple[int, int]) -> torch.Tensor:
         table = self.attention_biases
-        if tuple(grid) != self.table_size:
+        # traced / exported graphs always resize (an exact identity at the table size) so that they stay
+        # valid for every input size
+        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if exporting or tuple(grid) != self.table_size:
             table = F.interpolate(
                 table.reshape(1, -1, *self.table_size).float(), size=tuple(grid), mode='bicubic',
                 align_corners=False, antialias=True,
