@@ -63,3 +63,13 @@ def test_torchscript_trace(name):
         traced = torch.jit.trace(model, x, check_trace=False)
         for a, b in zip(traced(x), model(x)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l3', 'efficientformerv2_s2'])
+def test_channels_last_fused_matches(name):
+    model = randomize_(timm.create_model(name, features_only=True)).eval()
+    fast = fuse_batchnorm(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 203, 301)
+    with torch.no_grad():
+        for a, b in zip(fast(x.contiguous(memory_format=torch.channels_last)), model(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

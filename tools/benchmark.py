@@ -6,10 +6,11 @@
 
 For each model and input size it times (eval, no grad) batch 1 (latency) and batch 8 (throughput):
   ours        this package's features model (resized attention biases cached per grid)
-  ours_fused  the same with BatchNorm folded into the convolutions (``fuse_batchnorm``)
+  ours_fused  the same with BatchNorm folded into the convolutions (``fuse_bn=True``)
+  ours_fused_channels_last  fused, run in channels_last memory format
   resize_every_forward  ours with the bias resized at every forward, as the authors' dense code does
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
-  resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone
+  resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``. Also: FLOPs of
 our backbone (torch.utils.flop_counter), the GFLOP/s it achieves, the machine's fp32 matmul GFLOP/s measured
 in the same run, and peak memory of one forward (CUDA: max_memory_allocated; CPU: torch profiler allocations).
@@ -44,6 +45,17 @@ def builtin_features(name):
     return getattr(module, name)(features_only=True)
 
 
+class ChannelsLast(torch.nn.Module):
+    """Runs ``model`` in channels_last memory format (the input conversion is timed too)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
 def build_variants(name, size, device):
     ours = timm.create_model(name, features_only=True).eval()
     fused = fuse_batchnorm(copy.deepcopy(ours))
@@ -51,8 +63,10 @@ def build_variants(name, size, device):
     for m in resize.modules():
         if hasattr(m, 'cache_attention_bias'):
             m.cache_attention_bias = False
-    variants = {'ours': ours, 'ours_fused': fused, 'resize_every_forward': resize,
-                'resnet50': timm.create_model('resnet50', features_only=True)}
+    resnet = timm.create_model('resnet50', features_only=True).eval()
+    variants = {'ours': ours, 'ours_fused': fused, 'ours_fused_channels_last': ChannelsLast(copy.deepcopy(fused)),
+                'resize_every_forward': resize, 'resnet50': resnet,
+                'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
     if size == (224, 224):
         variants['timm_builtin'] = builtin_features(name)
     return {k: v.eval().to(device) for k, v in variants.items()}
