@@ -16,12 +16,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
 from ._bias import GridAttentionBias
+from ._common import EfficientFormerBase
 from ._validate import check_image_batch
 from .fuse import fuse_batchnorm
 
@@ -143,8 +144,9 @@ def _tokens_to_map(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
 
 
-class EfficientFormer(nn.Module):
+class EfficientFormer(EfficientFormerBase):
     """EfficientFormer V1 (L1 / L3 / L7). ``feature_norm=True`` adds GroupNorm(1, C) per feature output."""
+    pool_dims = (1,)  # the head averages the final (B, N, C) tokens
 
     def __init__(
             self,
@@ -207,56 +209,8 @@ class EfficientFormer(nn.Module):
         self.feature_norms = nn.ModuleList(
             [nn.GroupNorm(1, d, **dd) for d in embed_dims]) if feature_norm else None
 
-        self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.norm = norm_layer_cl(self.num_features, **dd)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.dist = distillation
-        self.head_dist = (
-            nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        ) if distillation else None
-        self.distilled_training = False
-        self.apply(self._init_weights)
-
-    def _init_weights(self, m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {k for k, _ in self.named_parameters() if 'attention_biases' in k}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse=False):
-        return dict(stem=r'^stem', blocks=[(r'^stages\.(\d+)', None), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable=True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> Tuple[nn.Module, Optional[nn.Module]]:
-        return self.head, self.head_dist
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        dd = {'device': self.stem.conv1.weight.device, 'dtype': self.stem.conv1.weight.dtype}
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.head.train(self.training)
-        if self.head_dist is not None:
-            self.head_dist = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-            self.head_dist.train(self.training)
-
-    @torch.jit.ignore
-    def set_distilled_training(self, enable=True):
-        self.distilled_training = enable
+        self.norm = norm_layer_cl(embed_dims[-1], **dd)
+        self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
 
     def forward_intermediates(
             self,
@@ -297,24 +251,6 @@ class EfficientFormer(nn.Module):
             x = self.norm(x)
         return x, intermediates
 
-    def prune_intermediate_layers(
-            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True):
-        """Drop stages after the last wanted output, and feature norms of outputs not taken."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        self.stages = self.stages[:max_index + 1]
-        if self.feature_norms is not None:
-            for i in range(len(self.feature_norms)):
-                if i not in take_indices:
-                    self.feature_norms[i] = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final tokens (B, N, C) after the last LayerNorm: transformers' ``last_hidden_state``."""
         check_image_batch(x, self.in_chans)
@@ -338,28 +274,6 @@ class EfficientFormer(nn.Module):
             hidden_states.append(x)
         return hidden_states
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        if self.global_pool == 'avg':
-            x = x.mean(dim=1)
-        x = self.head_drop(x)
-        if pre_logits:
-            return x
-        if self.head_dist is None:
-            return self.head(x)
-        x, x_dist = self.head(x), self.head_dist(x)
-        if self.distilled_training and self.training and not torch.jit.is_scripting():
-            return x, x_dist
-        return (x + x_dist) / 2
-
-    def forward_cls_and_dist(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(cls_logits, distillation_logits) for images ``x``: transformers' WithTeacher outputs."""
-        if self.head_dist is None:
-            raise ValueError('this model was built with distillation=False: it has no distillation head')
-        x = self.forward_head(self.forward_features(x), pre_logits=True)
-        return self.head(x), self.head_dist(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict, model):

@@ -8,7 +8,6 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from mmengine.runner.checkpoint import CheckpointLoader
-from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import CheckpointError, LoadReport, convert_state_dict
