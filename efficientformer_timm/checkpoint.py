@@ -288,10 +288,6 @@ def to_timm_keys(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.T
     return out, unknown, fmt
 
 
-def _classifier_names(model: nn.Module) -> List[str]:
-    return [n for n in ('head', 'head_dist') if isinstance(getattr(model, n, None), nn.Linear)]
-
-
 def _pruned(key: str, model: nn.Module) -> bool:
     """Key of a part that ``prune_intermediate_layers`` removed (features_only models)."""
     m = re.match(r'stages\.(\d+)\.', key)
@@ -306,12 +302,14 @@ def _pruned(key: str, model: nn.Module) -> bool:
 
 def convert_state_dict(
         state_dict: Dict[str, torch.Tensor], model: nn.Module, strict: bool = True,
-        report: Optional[LoadReport] = None) -> Dict[str, torch.Tensor]:
+        report: Optional[LoadReport] = None, pass_other_classifier: bool = False) -> Dict[str, torch.Tensor]:
     """Map ``state_dict`` (any supported format) onto ``model``'s keys, checked against the model.
 
     strict=True raises CheckpointError for any unknown, unused, missing or wrongly shaped tensor (other than
     the logged exceptions in the module docstring); strict=False leaves those out with one warning listing
     them. Tensors the model lacks and does not need (its missing classifier) are dropped with a log line.
+    ``pass_other_classifier`` hands classifier tensors of another class count through unchanged: timm's
+    pretrained loader, which calls this as its filter, removes them itself when ``num_classes`` differs.
     """
     converted, unknown, fmt = to_timm_keys(state_dict)
     report = report if report is not None else LoadReport(fmt)
@@ -321,10 +319,13 @@ def convert_state_dict(
     if unknown:
         problems.append(f'keys not recognised as {fmt} EfficientFormer keys: {unknown}')
 
-    has_head = bool(_classifier_names(model))
+    has_head = isinstance(getattr(model, 'head', None), nn.Linear)
     wrong_shape, unused = [], []
     for key, value in converted.items():
-        if key not in target:
+        if pass_other_classifier and re.match(r'head(_dist)?\.', key) and key in target:
+            out[key] = value
+            report.loaded.append(key)
+        elif key not in target:
             if (re.match(r'head(_dist)?\.', key) and not has_head) or _pruned(key, model):
                 report.dropped.append(key)
             elif _V2_DERIVED.search(key):  # the release saves the index V2 derives: check it, then drop it

@@ -279,7 +279,7 @@ class EfficientFormer(EfficientFormerBase):
 def checkpoint_filter_fn(state_dict, model):
     """Any supported checkpoint format (timm, original release, transformers) -> this model's keys."""
     from .checkpoint import convert_state_dict
-    return convert_state_dict(state_dict, model)
+    return convert_state_dict(state_dict, model, pass_other_classifier=True)
 
 
 def _cfg(url='', **kwargs):

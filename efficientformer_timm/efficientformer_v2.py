@@ -329,7 +329,7 @@ class EfficientFormerV2(EfficientFormerBase):
 def checkpoint_filter_fn(state_dict, model):
     """Any supported checkpoint format (timm, original release) -> this model's keys."""
     from .checkpoint import convert_state_dict
-    return convert_state_dict(state_dict, model)
+    return convert_state_dict(state_dict, model, pass_other_classifier=True)
 
 
 def _cfg(url='', **kwargs):

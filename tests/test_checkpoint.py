@@ -36,6 +36,19 @@ def test_timm_format_loads_strictly_through_pretrained_cfg_file(name, tmp_path):
         assert torch.equal(model(x), src(x))
 
 
+def test_fine_tuning_with_another_class_count(tmp_path):
+    src = _source('efficientformerv2_s0')
+    torch.save(src.state_dict(), tmp_path / 's0.pth')
+    model = timm.create_model('efficientformerv2_s0', pretrained=True, num_classes=10,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 's0.pth'))).eval()
+    assert model.head.weight.shape == (10, 176)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), src.forward_features(x))
+    with pytest.raises(CheckpointError, match=r'head\.weight: checkpoint \(1000, 176\) vs model \(10, 176\)'):
+        load_checkpoint(timm.create_model('efficientformerv2_s0', num_classes=10), str(tmp_path / 's0.pth'))
+
+
 def test_timm_file_into_features_only_model(tmp_path):
     src = _source('efficientformer_l3')
     torch.save(src.state_dict(), tmp_path / 'l3.pth')
