@@ -1,10 +1,27 @@
-"""What the V1 and V2 model classes share: classifier heads (with distillation), timm's model API hooks."""
-from typing import List, Optional, Tuple, Union
+"""What the V1 and V2 model classes share: classifier heads (with distillation), timm's model API hooks, and
+the builder behind their ``register_model`` entry points."""
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import nn
+
+from .fuse import fuse_batchnorm
+
+
+def build_efficientformer(cls: type, variant: str, pretrained: bool, filter_fn: Callable, **kwargs) -> nn.Module:
+    """timm's builder with the features_only getter; ``fuse_bn=True`` folds BatchNorm after weights load."""
+    out_indices = kwargs.pop('out_indices', 4)
+    fuse_bn = kwargs.pop('fuse_bn', False)
+    model = build_model_with_cfg(
+        cls, variant, pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+    return fuse_batchnorm(model) if fuse_bn else model
 
 
 class EfficientFormerBase(nn.Module):

@@ -17,14 +17,13 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
 from ._bias import GridAttentionBias
-from ._common import EfficientFormerBase
+from ._common import EfficientFormerBase, build_efficientformer
 from ._validate import check_image_batch
-from .fuse import fuse_batchnorm
 
 __all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
 
@@ -302,15 +301,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_efficientformer(variant, pretrained=False, **kwargs):
-    out_indices = kwargs.pop('out_indices', 4)
-    fuse_bn = kwargs.pop('fuse_bn', False)  # fold BatchNorm into convs for inference, after weights are loaded
-    model = build_model_with_cfg(
-        EfficientFormer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
-    return fuse_batchnorm(model) if fuse_bn else model
+    return build_efficientformer(EfficientFormer, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model

@@ -19,14 +19,13 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, LayerScale2d, calculate_drop_path_rates, get_act_layer, get_norm_layer, to_ntuple)
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGlobalQuery, Stem4
 
 from ._bias import GridAttentionBias
-from ._common import EfficientFormerBase
+from ._common import EfficientFormerBase, build_efficientformer
 from ._validate import check_image_batch
-from .fuse import fuse_batchnorm
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
 
@@ -353,15 +352,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_efficientformerv2(variant, pretrained=False, **kwargs):
-    out_indices = kwargs.pop('out_indices', 4)
-    fuse_bn = kwargs.pop('fuse_bn', False)  # fold BatchNorm into convs for inference, after weights are loaded
-    model = build_model_with_cfg(
-        EfficientFormerV2, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
-    return fuse_batchnorm(model) if fuse_bn else model
+    return build_efficientformer(EfficientFormerV2, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model
