@@ -2,17 +2,37 @@
 
 EfficientFormer learns one bias per head for every absolute offset (|dy|, |dx|) on its pretraining grid
 (7x7 for 224x224 input). Stored flat as ``attention_biases`` (heads, h0 * w0), it is a 2-D table over
-offsets. At another grid the table is resized bicubically (as timm does for LeViT / Swin bias tables) to
-one entry per offset of the new grid, so the ImageNet-trained biases carry over; at the pretraining grid
-the table is used unchanged.
+offsets. At another grid the table is resized bicubically (antialiased, as timm does for LeViT / Swin bias
+tables) to one entry per offset of the new grid, so the ImageNet-trained biases carry over; at the
+pretraining grid the table is used unchanged.
 """
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['GridAttentionBias', 'relative_offset_index']
+__all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'relative_offset_index', 'tracing_or_compiling']
+
+
+def tracing_or_compiling() -> bool:
+    """True inside torch.jit tracing, torch.compile and torch.export (ONNX): shapes there are symbolic."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def antialiased_bicubic_weights(in_size: int, out_size: int, device=None) -> torch.Tensor:
+    """(out_size, in_size) float32 matrix of ``F.interpolate(mode='bicubic', antialias=True,
+    align_corners=False)`` along one axis: Keys' cubic (a = -0.5) stretched by the downscale factor,
+    rows normalised. Built from tensor ops only, so the resize exports to ONNX with a symbolic
+    ``out_size`` (the exporter has no antialiased bicubic upsample)."""
+    scale = torch.full((), in_size, dtype=torch.float32, device=device) / out_size
+    centers = (torch.arange(out_size, dtype=torch.float32, device=device) + 0.5) * scale
+    sources = torch.arange(in_size, dtype=torch.float32, device=device) + 0.5
+    x = ((sources[None, :] - centers[:, None]) / scale.clamp(min=1.0)).abs()
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    weights = torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+    return weights / weights.sum(1, keepdim=True)
 
 
 def relative_offset_index(
@@ -38,7 +58,7 @@ class GridAttentionBias(nn.Module):
     it); in train, while tracing or compiling it is recomputed so gradients reach the table.
     """
     attention_bias_cache: Dict[Tuple, torch.Tensor]
-    # False recomputes the resized bias at every forward (what the authors' dense code does); benchmarks only
+    # False recomputes the resized bias at every forward: the benchmark's no-cache reference
     cache_attention_bias: bool = True
 
     def _init_attention_bias(
@@ -67,20 +87,18 @@ class GridAttentionBias(nn.Module):
         table = self.attention_biases
         # traced / exported graphs always resize (an exact identity at the table size) so that they stay
         # valid for every input size
-        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if exporting or tuple(grid) != self.table_size:
-            table = F.interpolate(
-                table.reshape(1, -1, *self.table_size).float(), size=tuple(grid), mode='bicubic',
-                align_corners=False, antialias=True,
-            )[0].to(table.dtype).flatten(1)
+        if tracing_or_compiling() or tuple(grid) != self.table_size:
+            rows = antialiased_bicubic_weights(self.table_size[0], grid[0], device=table.device)
+            cols = antialiased_bicubic_weights(self.table_size[1], grid[1], device=table.device)
+            table2d = table.reshape(-1, *self.table_size).float()
+            table = (rows @ table2d @ cols.T).to(table.dtype).flatten(1)
             index = relative_offset_index(grid, self.query_stride, device=table.device)
         else:
             index = self.attention_bias_idxs
         return table[:, index]
 
     def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        if (self.training or not self.cache_attention_bias or torch.jit.is_tracing()
-                or torch.compiler.is_compiling()):
+        if self.training or not self.cache_attention_bias or tracing_or_compiling():
             return self._compute_attention_bias(grid).to(dtype)
         key = (int(grid[0]), int(grid[1]), self.attention_biases.device, dtype, self.attention_biases._version)
         bias = self.attention_bias_cache.get(key)

@@ -1,6 +1,8 @@
 """Input checks shared by every forward entry point: cheap shape / dtype tests that raise before any work."""
 import torch
 
+from ._bias import tracing_or_compiling
+
 __all__ = ['MIN_INPUT_SIZE', 'check_image_batch']
 
 # smallest H, W supported (and tested): every stage keeps at least a 2 x 2 map
@@ -10,7 +12,7 @@ MIN_INPUT_SIZE = 64
 def check_image_batch(x, in_chans: int) -> None:
     """Raise TypeError / ValueError for anything but a non-empty float (B, in_chans, H, W) batch with
     H, W >= MIN_INPUT_SIZE. Skipped while tracing or compiling, where shapes are symbolic."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if tracing_or_compiling() or torch.jit.is_scripting():
         return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'expected a torch.Tensor image batch (B, C, H, W), got {type(x).__name__}')

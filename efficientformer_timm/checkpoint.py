@@ -6,10 +6,12 @@ result against the model: a tensor that lands nowhere, a missing tensor or a wro
 per-output feature norms absent from a classification checkpoint are kept at their identity-like
 initialisation, and classifier heads are dropped when the model has none.
 """
+import contextlib
 import logging
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -23,6 +25,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     'CheckpointError', 'LoadReport', 'detect_format', 'original_to_timm', 'timm_to_original',
     'transformers_to_timm', 'infer_model_name', 'convert_state_dict', 'read_checkpoint', 'load_checkpoint',
+    'atomic_output',
 ]
 
 
@@ -417,3 +420,23 @@ def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True) -> LoadRe
     converted = convert_state_dict(state_dict, target, strict=strict, report=report)
     target.load_state_dict(converted, strict=strict)
     return report
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str, inputs: Tuple[str, ...] = ()):
+    """Yield a temporary path next to ``dst`` and move it onto ``dst`` only if the block succeeds, so a failed
+    write leaves no half file. Refuses to write over any of ``inputs``."""
+    dst_abs = os.path.abspath(dst)
+    if any(dst_abs == os.path.abspath(p) for p in inputs):
+        raise ValueError(f'refusing to overwrite the input {dst}: choose another output path')
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst_abs), prefix='.' + os.path.basename(dst), suffix='.tmp')
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

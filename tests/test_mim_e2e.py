@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
@@ -34,6 +35,23 @@ def _train_losses(work_dir, key):
     return [r[key] for r in rows if key in r and 'iter' in r]
 
 
+def _assert_identical(a, b, where):
+    """Bit-identical nested checkpoint contents (tensors, numbers, strings, lists, dicts)."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where
+
+
 @pytest.mark.parametrize('framework', list(JOBS))
 def test_mim_train_test_resume(framework, tmp_path):
     job = JOBS[framework]
@@ -57,13 +75,22 @@ def test_mim_train_test_resume(framework, tmp_path):
                 '--work-dir', str(tmp_path / 'test')], env, ROOT)
     assert job['metric'] in log
 
-    # resume from the iteration-6 checkpoint: the mmengine checkpoint loads under torch's weights_only default
-    with open(work / 'last_checkpoint', 'w') as f:
-        f.write(str(work / 'iter_6.pth'))
-    log = _run([MIM, 'train', framework, job['config'], '--work-dir', str(work), '--resume', '--cfg-options',
+    # an interruption after the iteration-6 checkpoint: a fresh work dir holding only that checkpoint, resumed
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    shutil.copy(work / 'iter_6.pth', resumed / 'iter_6.pth')
+    (resumed / 'last_checkpoint').write_text(str(resumed / 'iter_6.pth'))
+    log = _run([MIM, 'train', framework, job['config'], '--work-dir', str(resumed), '--resume', '--cfg-options',
                 *short], env, ROOT)
-    assert 'resumed epoch: 0, iter: 6' in log
+    assert 'resumed epoch: 0, iter: 6' in log  # the mmengine checkpoint loads under torch's weights_only default
     assert 'Iter(train) [ 7/12]' in log and 'Iter(train) [ 6/12]' not in log
+    # the run continues exactly as if never interrupted: same losses, then the same weights, optimizer and
+    # scheduler state at the end
+    assert _train_losses(resumed, job['loss']) == losses[6:]
+    final, final_resumed = (torch.load(d / 'iter_12.pth', map_location='cpu', weights_only=False)
+                            for d in (work, resumed))
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        _assert_identical(final_resumed[key], final[key], key)
 
 
 def test_distributed_two_cpu_processes(tmp_path):
@@ -79,3 +106,24 @@ def test_distributed_two_cpu_processes(tmp_path):
     assert '--nproc_per_node=2' in log and 'Distributed training: True' in log
     assert 'Iter(train) [2/2]' in log and 'coco/bbox_mAP' in log
     assert os.path.isfile(work / 'iter_2.pth')
+
+
+def test_diverging_mim_train_stops_before_a_poisoned_checkpoint(tmp_path):
+    """Issue 5: an absurd learning rate makes the second loss NaN; the run stops with the message and the
+    latest checkpoint stays the last good one."""
+    data = tmp_path / 'data'
+    subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'make_synthetic_data.py'), 'ade20k',
+                    str(data) + '/', '--train', '4', '--val', '2', '--size', '128'], check=True)
+    env = dict(os.environ, TOY_ADE20K_ROOT=str(data) + '/')
+    work = tmp_path / 'work'
+    out = subprocess.run(
+        [MIM, 'train', 'mmseg', JOBS['mmseg']['config'], '--work-dir', str(work), '--cfg-options',
+         'train_cfg.max_iters=4', 'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=1',
+         'default_hooks.logger.interval=1', 'optim_wrapper.optimizer.lr=1e30', 'train_dataloader.batch_size=2'],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode != 0
+    assert 'RuntimeError: loss is nan at iteration 2: training stopped before writing a checkpoint' in out.stderr
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    assert (work / 'last_checkpoint').read_text().strip() == str(work / 'iter_1.pth')
+    state = torch.load(work / 'iter_1.pth', map_location='cpu', weights_only=False)['state_dict']
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

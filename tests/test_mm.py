@@ -207,7 +207,7 @@ def test_init_cfg_wrong_variant_and_missing_file(tmp_path):
     torch.save(timm.create_model('efficientformer_l3').state_dict(), tmp_path / 'l3.pth')
     with pytest.raises(CheckpointError, match=r'l3\.pth \(for efficientformer_l1\).*looks like efficientformer_l3'):
         _init_backbone('efficientformer_l1', tmp_path / 'l3.pth')
-    with pytest.raises(FileNotFoundError, match=r'init_cfg checkpoint .*nope\.pth.*does not exist'):
+    with pytest.raises(FileNotFoundError, match=r'model\.backbone\.init_cfg\.checkpoint=.*nope\.pth.* does not exist'):
         _init_backbone('efficientformer_l1', tmp_path / 'nope.pth')
     with pytest.raises(ValueError, match=r"unknown model_name 'efficientformer_l2'.*efficientformer_l1"):
         EfficientFormerBackbone('efficientformer_l2')

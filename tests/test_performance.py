@@ -1,12 +1,20 @@
 """Issue 4: the speed-ups keep the numbers (fusion, bias cache) and export paths work."""
 import copy
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import timm
 import torch
 
+from efficientformer_timm._bias import antialiased_bicubic_weights
+from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm.fuse import fuse_batchnorm, timm_state_dict
 from conftest import ALL_MODELS, randomize_
+
+EXPORT_ONNX = os.path.join(os.path.dirname(__file__), '..', 'tools', 'export_onnx.py')
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)
@@ -73,3 +81,59 @@ def test_channels_last_fused_matches(name):
     with torch.no_grad():
         for a, b in zip(fast(x.contiguous(memory_format=torch.channels_last)), model(x)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('table', [7, 4])
+def test_bias_resize_matrices_equal_torch_antialiased_bicubic(table):
+    values = torch.randn(8, table, table)
+    for size in [(2, 2), (2, 9), (3, 5), (7, 7), (11, 4), (25, 42), (40, 17)]:
+        expected = torch.nn.functional.interpolate(
+            values[None], size=size, mode='bicubic', align_corners=False, antialias=True)[0]
+        got = antialiased_bicubic_weights(table, size[0]) @ values @ antialiased_bicubic_weights(table, size[1]).T
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    torch.testing.assert_close(antialiased_bicubic_weights(table, table), torch.eye(table), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name,fmt,fuse', [('efficientformer_l1', 'original', True),
+                                           ('efficientformerv2_s0', 'timm', False)])
+def test_onnx_export_runs_any_size_in_onnxruntime(name, fmt, fuse, tmp_path):
+    onnxruntime = pytest.importorskip('onnxruntime')
+    model = randomize_(timm.create_model(name, features_only=True)).eval()
+    state = model.model.state_dict()
+    torch.save(timm_to_original(state) if fmt == 'original' else state, tmp_path / 'weights.pth')
+    out = tmp_path / 'features.onnx'
+    args = [sys.executable, EXPORT_ONNX, name, str(out), '--checkpoint', str(tmp_path / 'weights.pth')]
+    done = subprocess.run(args + (['--fuse-bn'] if fuse else []), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '333x517' in done.stdout and out.is_file()
+
+    session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    assert [i.name for i in session.get_inputs()] == ['image']
+    for batch, height, width in [(1, 224, 224), (3, 333, 517), (2, 96, 700)]:
+        x = torch.randn(batch, 3, height, width)
+        with torch.no_grad():
+            expected = model(x)
+        got = session.run(None, {'image': x.numpy()})
+        assert [g.shape for g in got] == [tuple(e.shape) for e in expected]
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e.numpy(), rtol=0, atol=1e-4)
+
+    # a check that fails leaves no file behind
+    strict = subprocess.run(args + ['--atol', '0'], capture_output=True, text=True, cwd=tmp_path)
+    assert strict.returncode == 1 and 'not written' in strict.stderr
+    assert sorted(os.listdir(tmp_path)) == ['features.onnx', 'weights.pth']
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_torch_compile_dynamic_shapes(name):
+    from torch._dynamo.utils import counters
+    model = randomize_(timm.create_model(name, features_only=True)).eval()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=True)
+    with torch.no_grad():
+        for size in [(256, 320), (333, 517), (224, 224)]:
+            x = torch.randn(2, 3, *size)
+            for a, b in zip(compiled(x), model(x)):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert counters['stats']['unique_graphs'] == 1  # one graph serves every size: no recompilation

@@ -191,3 +191,18 @@ def test_neck_channel_mismatch_fails_at_build(tmp_path):
     with pytest.raises(ValueError, match=r'model\.neck\.in_channels=\[64, 128, 320, 512\] does not match .*'
                                          r'efficientformer_l1 .* gives \[48, 96, 224, 448\]'):
         EfficientFormerRunner.from_cfg(cfg)
+
+
+def test_missing_init_checkpoint_fails_when_the_runner_builds(tmp_path):
+    """A training run from the backbone's ImageNet weights fails at build; `mim test` (load_from set) does not."""
+    pytest.importorskip('mmdet')
+    from mmengine.config import Config
+    from efficientformer_timm.mm import EfficientFormerRunner
+    cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', 'mm_configs', 'maskrcnn_l1.py'))
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'missing.safetensors')
+    cfg.work_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"model\.backbone\.init_cfg\.checkpoint='.*missing\.safetensors' "
+                                                r"does not exist.*tools/convert_checkpoint\.py"):
+        EfficientFormerRunner.from_cfg(cfg)
+    cfg.load_from = str(tmp_path / 'detector.pth')  # what tools/test.py sets from --checkpoint
+    assert isinstance(EfficientFormerRunner.from_cfg(cfg), EfficientFormerRunner)

@@ -8,7 +8,11 @@ For each model and input size it times (eval, no grad) batch 1 (latency) and bat
   ours        this package's features model (resized attention biases cached per grid)
   ours_fused  the same with BatchNorm folded into the convolutions (``fuse_bn=True``)
   ours_fused_channels_last  fused, run in channels_last memory format
-  resize_every_forward  ours with the bias resized at every forward, as the authors' dense code does
+  ours_fused_compiled  (with --compile) fused, through torch.compile (inductor; compile time not timed)
+  resize_table_every_forward  ours with the small offset table resized at every forward (no cache)
+  authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code: a full (N0, N0) matrix
+              for an R x R grid (R = 25 at detection sizes, 16 at segmentation sizes, 7 at 224) resized
+              bicubically to (N, N) at every forward
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``. Also: FLOPs of
@@ -21,13 +25,16 @@ import json
 import platform
 import statistics
 import time
+import types
 from datetime import datetime, timezone
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientformer_timm  # noqa: F401
+from efficientformer_timm._bias import GridAttentionBias, relative_offset_index
 from efficientformer_timm.fuse import fuse_batchnorm
 
 DEFAULT_MODELS = ['efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7', 'efficientformerv2_s0',
@@ -56,17 +63,48 @@ class ChannelsLast(torch.nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
-def build_variants(name, size, device):
+def authors_dense_grid(size):
+    """The bias grid side of the authors' dense configs: 25 (detection, 1333x800), 16 (segmentation, 512)."""
+    return 25 if max(size) >= 800 else 16 if max(size) >= 512 else 7
+
+
+def use_authors_dense_bias(model, side):
+    """Make every attention build its bias as the authors' dense code does, at every forward: gather the full
+    (heads, Nq0, N0) matrix of an ``side`` x ``side`` grid, then resize it bicubically to (Nq, N)."""
+    for module in model.modules():
+        if not isinstance(module, GridAttentionBias):
+            continue
+        with torch.no_grad():  # the authors learn this table directly at side x side; its values do not matter
+            table = F.interpolate(module.attention_biases.reshape(1, -1, *module.table_size), size=(side, side),
+                                  mode='bicubic', align_corners=False)[0].flatten(1)
+        module.dense_table = table
+        module.dense_index = relative_offset_index((side, side), module.query_stride)
+        module.cache_attention_bias = False
+
+        def dense_bias(self, grid):
+            stride = self.query_stride
+            queries = -(-grid[0] // stride) * -(-grid[1] // stride)
+            matrix = self.dense_table[:, self.dense_index]
+            return F.interpolate(matrix[None], size=(queries, grid[0] * grid[1]), mode='bicubic',
+                                 align_corners=False)[0]
+        module._compute_attention_bias = types.MethodType(dense_bias, module)
+    return model
+
+
+def build_variants(name, size, device, compile_model=False):
     ours = timm.create_model(name, features_only=True).eval()
     fused = fuse_batchnorm(copy.deepcopy(ours))
     resize = copy.deepcopy(ours)
     for m in resize.modules():
-        if hasattr(m, 'cache_attention_bias'):
+        if isinstance(m, GridAttentionBias):
             m.cache_attention_bias = False
     resnet = timm.create_model('resnet50', features_only=True).eval()
     variants = {'ours': ours, 'ours_fused': fused, 'ours_fused_channels_last': ChannelsLast(copy.deepcopy(fused)),
-                'resize_every_forward': resize, 'resnet50': resnet,
-                'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
+                'resize_table_every_forward': resize,
+                'authors_dense_bias': use_authors_dense_bias(copy.deepcopy(ours), authors_dense_grid(size)),
+                'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
+    if compile_model:
+        variants['ours_fused_compiled'] = torch.compile(copy.deepcopy(fused))
     if size == (224, 224):
         variants['timm_builtin'] = builtin_features(name)
     return {k: v.eval().to(device) for k, v in variants.items()}
@@ -134,6 +172,7 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', choices=['fp32', 'fp16', 'bf16'], default='fp32')
+    parser.add_argument('--compile', action='store_true', help='add torch.compile of the fused model (slow to build)')
     parser.add_argument('--json', default='benchmark.json')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -155,7 +194,7 @@ def main(argv=None):
     for name in args.models:
         for size_text in args.sizes:
             size = parse_size(size_text)
-            variants = build_variants(name, size, device)
+            variants = build_variants(name, size, device, args.compile)
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size, device=device)
                 for _ in range(args.warmup):

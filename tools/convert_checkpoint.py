@@ -10,12 +10,15 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
+import timm
 import torch
+from safetensors.torch import save_file
 
 import efficientformer_timm  # noqa: F401  (registers the models)
-from efficientformer_timm.checkpoint import CheckpointError, convert_state_dict, infer_model_name, read_checkpoint
+from efficientformer_timm.checkpoint import (
+    CheckpointError, atomic_output, convert_state_dict, infer_model_name, read_checkpoint, to_timm_keys)
+from efficientformer_timm.transformers_compat import model_args_from_transformers_config
 
 
 def _input_file(path: str) -> str:
@@ -28,17 +31,12 @@ def _input_file(path: str) -> str:
 
 
 def convert(src: str, dst: str, model_name: str = None) -> str:
-    import timm
     src_file = _input_file(src)
-    if os.path.abspath(dst) in (os.path.abspath(src), os.path.abspath(src_file)):
-        raise ValueError(f'refusing to overwrite the input {src}: choose another OUTPUT')
     state_dict = read_checkpoint(src_file)
     model_name = model_name or infer_model_name(state_dict)
     kwargs = {}
     if os.path.isdir(src) and os.path.isfile(os.path.join(src, 'config.json')):
-        from efficientformer_timm.transformers_compat import model_args_from_transformers_config
         model_name, kwargs = model_args_from_transformers_config(src)
-    from efficientformer_timm.checkpoint import to_timm_keys
     timm_keys = to_timm_keys(state_dict)[0]
     head = timm_keys.get('head.weight')
     kwargs.setdefault('num_classes', head.shape[0] if head is not None else 0)
@@ -48,19 +46,11 @@ def convert(src: str, dst: str, model_name: str = None) -> str:
     out = convert_state_dict(state_dict, model)
     out = {k: v.contiguous() for k, v in out.items()}
 
-    out_dir = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.' + os.path.basename(dst), suffix='.tmp')
-    os.close(fd)
-    try:
+    with atomic_output(dst, inputs=(src, src_file)) as tmp:
         if dst.endswith('.safetensors'):
-            from safetensors.torch import save_file
             save_file(out, tmp, metadata={'format': 'pt', 'model': model_name})
         else:
             torch.save(out, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return model_name
 
 

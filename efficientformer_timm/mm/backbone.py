@@ -72,19 +72,27 @@ class EfficientFormerBackbone(BaseModule):
             return
         # mmengine's PretrainedInit loads non-strictly and only unwraps 'state_dict': load ourselves instead
         logger = MMLogger.get_current_instance()
-        checkpoint = self.init_cfg.get('checkpoint')
-        # checked here, not at build time: `mim test` builds the model without initialising it
-        if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
-            raise FileNotFoundError(
-                f'EfficientFormerBackbone: init_cfg checkpoint {checkpoint!r} does not exist. Convert the ImageNet '
-                'checkpoint with tools/convert_checkpoint.py and point the config (or its environment variable) at '
-                'it, or set model.backbone.init_cfg=None to train from scratch.')
+        self.check_init_checkpoint()
+        checkpoint = self.init_cfg['checkpoint']
         report = self.load_pretrained(checkpoint, prefix=self.init_cfg.get('prefix'))
         logger.info(
             f'EfficientFormerBackbone: loaded {len(report.loaded)} tensors ({report.source_format} format) from '
             f'{checkpoint}; dropped on purpose (classifier head / parts not built for out_indices): '
             f'{report.dropped or "none"}; initialised here: {report.initialised or "none"}')
         self._is_init = True
+
+    def check_init_checkpoint(self) -> None:
+        """Raise FileNotFoundError if ``init_cfg`` names a local checkpoint that does not exist. Called by
+        ``init_weights`` and, for runs that start from it, by ``EfficientFormerRunner`` when it builds the model
+        (not here in ``__init__``: ``mim test`` builds the model and loads its own checkpoint instead)."""
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            return
+        checkpoint = self.init_cfg.get('checkpoint')
+        if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
+            raise FileNotFoundError(
+                f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not exist. Convert the ImageNet checkpoint '
+                'with tools/convert_checkpoint.py and point the config (or its environment variable, e.g. '
+                'EFFICIENTFORMER_L1_CKPT) at it, or set model.backbone.init_cfg=None to train from scratch.')
 
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> LoadReport:
         obj = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')

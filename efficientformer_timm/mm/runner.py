@@ -3,7 +3,10 @@
 mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device(LOCAL_RANK)`` unconditionally, and SyncBN
 has no CPU kernel. Without CUDA this runner creates the process group itself with gloo (before mmengine's
 launcher, which then skips its own) and reverts SyncBN to BN. It also checks, when the model is built, that the
-neck takes the channels the backbone gives. Configs select it with ``runner_type = 'EfficientFormerRunner'``.
+neck takes the channels the backbone gives and, for a run that starts from the backbone's ``init_cfg`` (no
+``load_from``, no resume), that its checkpoint exists. Its dataloaders draw their per-epoch worker seed from
+a generator of their own instead of torch's global one, so that ``--resume`` (which replays the dataloader)
+leaves the model's random state where ``ResumeRandomStateHook`` puts it. Configs select it with ``runner_type = 'EfficientFormerRunner'``.
 """
 import torch
 import torch.distributed as torch_dist
@@ -12,6 +15,7 @@ from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from torch.utils.data import DataLoader
 
 
 @RUNNERS.register_module()
@@ -28,7 +32,18 @@ class EfficientFormerRunner(Runner):
                 f'{getattr(backbone, "model_name", type(backbone).__name__)} with out_indices='
                 f'{getattr(backbone, "out_indices", None)}, which gives {list(expected)} channels: set '
                 f'model.neck.in_channels={list(expected)}')
+        if self._load_from is None and not self._resume and hasattr(backbone, 'check_init_checkpoint'):
+            backbone.check_init_checkpoint()
         return model
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        loader = Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        if isinstance(loader, DataLoader) and loader.generator is None and seed is not None:
+            # each new pass over the data draws a base seed (only used when no worker_init_fn reseeds the
+            # workers, and mmengine's does) from this generator rather than from the model's global RNG
+            loader.generator = torch.Generator().manual_seed(seed)
+        return loader
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
