@@ -9,14 +9,31 @@ pretraining grid the table is used unchanged.
 from typing import Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'relative_offset_index', 'tracing_or_compiling']
+__all__ = [
+    'GridAttentionBias', 'antialiased_bicubic_weights', 'biased_attention', 'relative_offset_index', 'tracing_or_compiling',
+]
+
+# From this many query x key pairs on, torch's fused attention kernel beats the explicit matmuls on CPU
+# (2 threads: 0.81x the time at 1050 x 1050 tokens, 0.95x at 256 x 256, 1.3-1.6x slower at 49 x 49).
+SDPA_MIN_PAIRS = 256 * 256
 
 
 def tracing_or_compiling() -> bool:
     """True inside torch.jit tracing, torch.compile and torch.export (ONNX): shapes there are symbolic."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """softmax(q @ k^T * scale + bias) @ v for (B, heads, N, dim) q, k, v and a (heads, Nq, Nk) bias. Large
+    grids use ``scaled_dot_product_attention``; traced / compiled graphs keep the explicit form."""
+    if q.shape[-2] * k.shape[-2] >= SDPA_MIN_PAIRS and not tracing_or_compiling():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    attn = (q @ k.transpose(-2, -1)) * scale + bias
+    return attn.softmax(dim=-1) @ v
 
 
 def antialiased_bicubic_weights(in_size: int, out_size: int, device=None) -> torch.Tensor:

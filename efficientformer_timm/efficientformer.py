@@ -21,7 +21,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
-from ._bias import GridAttentionBias
+from ._bias import GridAttentionBias, biased_attention
 from ._common import EfficientFormerBase, build_efficientformer
 from ._validate import check_image_batch
 
@@ -55,9 +55,8 @@ class Attention(GridAttentionBias):
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
-        attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(grid, q.dtype)
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, self.val_attn_dim)
+        x = biased_attention(q, k, v, self.attention_bias(grid, q.dtype), self.scale)
+        x = x.transpose(1, 2).reshape(B, N, self.val_attn_dim)
         return self.proj(x)
 
 

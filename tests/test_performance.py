@@ -137,3 +137,31 @@ def test_torch_compile_dynamic_shapes(name):
             for a, b in zip(compiled(x), model(x)):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert counters['stats']['unique_graphs'] == 1  # one graph serves every size: no recompilation
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_fused_attention_kernel_matches_explicit_attention(name, monkeypatch):
+    """Large grids go through scaled_dot_product_attention: same outputs and gradients as the explicit form."""
+    from efficientformer_timm import _bias
+    model = randomize_(timm.create_model(name, features_only=True)).train()
+    x = torch.randn(2, 3, 576, 608)  # L1 stage 4: 18 x 19 tokens, 117k query-key pairs
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(_bias.F, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+
+    def run():
+        model.zero_grad()
+        outputs = model(x)
+        sum(o.square().mean() for o in outputs).backward()
+        return [o.detach() for o in outputs], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused_out, fused_grads = run()
+    assert calls  # the fused kernel ran
+    monkeypatch.setattr(_bias, 'SDPA_MIN_PAIRS', float('inf'))
+    calls.clear()
+    explicit_out, explicit_grads = run()
+    assert not calls
+    for a, b in zip(fused_out, explicit_out):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for key, grad in explicit_grads.items():
+        torch.testing.assert_close(fused_grads[key], grad, rtol=1e-4, atol=1e-5, msg=key)
