@@ -139,8 +139,8 @@ def test_torch_compile_dynamic_shapes(name):
     assert counters['stats']['unique_graphs'] == 1  # one graph serves every size: no recompilation
 
 
-@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
-def test_fused_attention_kernel_matches_explicit_attention(name, monkeypatch):
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformer_l3'])
+def test_scaled_dot_product_attention_matches_explicit_form(name, monkeypatch):
     """Large grids go through scaled_dot_product_attention: same outputs and gradients as the explicit form."""
     from efficientformer_timm import _bias
     model = randomize_(timm.create_model(name, features_only=True)).train()
@@ -156,7 +156,7 @@ def test_fused_attention_kernel_matches_explicit_attention(name, monkeypatch):
         return [o.detach() for o in outputs], {n: p.grad.clone() for n, p in model.named_parameters()}
 
     fused_out, fused_grads = run()
-    assert calls  # the fused kernel ran
+    assert calls  # the SDPA branch ran
     monkeypatch.setattr(_bias, 'SDPA_MIN_PAIRS', float('inf'))
     calls.clear()
     explicit_out, explicit_grads = run()

@@ -6,7 +6,8 @@ launcher, which then skips its own) and reverts SyncBN to BN. It also checks, wh
 neck takes the channels the backbone gives and, for a run that starts from the backbone's ``init_cfg`` (no
 ``load_from``, no resume), that its checkpoint exists. Its dataloaders draw their per-epoch worker seed from
 a generator of their own instead of torch's global one, so that ``--resume`` (which replays the dataloader)
-leaves the model's random state where ``ResumeRandomStateHook`` puts it. Configs select it with ``runner_type = 'EfficientFormerRunner'``.
+leaves the model's random state where ``ResumeRandomStateHook`` puts it. Configs select it with
+``runner_type = 'EfficientFormerRunner'``.
 """
 import torch
 import torch.distributed as torch_dist
