@@ -29,7 +29,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
                      scale: float) -> torch.Tensor:
     """softmax(q @ k^T * scale + bias) @ v for (B, heads, N, dim) q, k, v and a (heads, Nq, Nk) bias. Large
     grids use ``scaled_dot_product_attention``; traced / compiled graphs keep the explicit form."""
-    if q.shape[-2] * k.shape[-2] >= SDPA_MIN_PAIRS and not tracing_or_compiling():
+    if not tracing_or_compiling() and q.shape[-2] * k.shape[-2] >= SDPA_MIN_PAIRS:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     attn = (q @ k.transpose(-2, -1)) * scale + bias
     return attn.softmax(dim=-1) @ v

@@ -155,13 +155,13 @@ def test_scaled_dot_product_attention_matches_explicit_form(name, monkeypatch):
         sum(o.square().mean() for o in outputs).backward()
         return [o.detach() for o in outputs], {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    fused_out, fused_grads = run()
+    sdpa_out, sdpa_grads = run()
     assert calls  # the SDPA branch ran
     monkeypatch.setattr(_bias, 'SDPA_MIN_PAIRS', float('inf'))
     calls.clear()
     explicit_out, explicit_grads = run()
     assert not calls
-    for a, b in zip(fused_out, explicit_out):
+    for a, b in zip(sdpa_out, explicit_out):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     for key, grad in explicit_grads.items():
-        torch.testing.assert_close(fused_grads[key], grad, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(sdpa_grads[key], grad, rtol=1e-4, atol=1e-5, msg=key)

@@ -82,7 +82,8 @@ def main(argv=None):
     parser.add_argument('output', help='the .onnx file to write')
     parser.add_argument('--checkpoint', help='weights to load (timm, original release or transformers format)')
     parser.add_argument('--fuse-bn', action='store_true', help='fold BatchNorm into the convolutions first')
-    parser.add_argument('--out-indices', type=int, nargs='+', default=[0, 1, 2, 3])
+    parser.add_argument('--out-indices', type=int, nargs='+', default=[0, 1, 2, 3], choices=range(4),
+                        help='stages to output (0-3, strides 4 to 32)')
     parser.add_argument('--check-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in ('224', '512', '333x517')],
                         help='HxW sizes checked against PyTorch (default: 224 512 333x517)')
