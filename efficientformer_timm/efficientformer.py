@@ -273,7 +273,6 @@ class EfficientFormer(EfficientFormerBase):
         return hidden_states
 
 
-
 def checkpoint_filter_fn(state_dict, model):
     """Any supported checkpoint format (timm, original release, transformers) -> this model's keys."""
     from .checkpoint import convert_state_dict

@@ -326,7 +326,6 @@ class EfficientFormerV2(EfficientFormerBase):
         return self.norm(x)
 
 
-
 def checkpoint_filter_fn(state_dict, model):
     """Any supported checkpoint format (timm, original release) -> this model's keys."""
     from .checkpoint import convert_state_dict
