@@ -16,7 +16,7 @@ __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'biased_attention
            'tracing_or_compiling']
 
 # From this many query x key pairs on, scaled_dot_product_attention beats the explicit form for V1's attention
-# on CPU (2 threads: 0.81x the time at 1050 x 1050 tokens, 0.95x at 256 x 256, 1.3-1.6x slower at 49 x 49).
+# on CPU (development A/B, 2 threads: 0.81x the time at 1050 x 1050 tokens, 1.3-1.6x slower at 49 x 49).
 SDPA_MIN_PAIRS = 256 * 256
 
 

@@ -3,6 +3,7 @@
 
     python tools/benchmark.py [--models efficientformer_l1 ...] [--sizes 224 512 800x1333] [--threads 2]
                               [--repeats 15] [--json benchmark.json] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+                              [--compile] [--profile]
 
 For each model and input size it times (eval, no grad) batch 1 (latency) and batch 8 (throughput):
   ours        this package's features model (resized attention biases cached per grid)
@@ -31,6 +32,7 @@ from datetime import datetime, timezone
 import timm
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientformer_timm  # noqa: F401
@@ -138,7 +140,6 @@ def peak_memory_mb(model, x, device):
         with torch.no_grad():
             model(x)
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
         model(x)
     current = peak = 0
@@ -147,6 +148,18 @@ def peak_memory_mb(model, x, device):
             current += event.cpu_memory_usage
             peak = max(peak, current)
     return peak / 2 ** 20
+
+
+def print_profile(model, x, label, rows=8):
+    """Where one forward spends its time: the top operators by self time, as shares of the total."""
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if x.is_cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof, torch.no_grad():
+        model(x)
+    key = (lambda e: e.self_device_time_total) if x.is_cuda else (lambda e: e.self_cpu_time_total)
+    events = prof.key_averages()
+    total = sum(map(key, events))
+    top = sorted(events, key=key, reverse=True)[:rows]
+    print(f'# profile {label}: ' + ', '.join(f'{e.key} {100 * key(e) / total:.0f}%' for e in top), flush=True)
 
 
 def matmul_gflops(device, repeats):
@@ -173,6 +186,8 @@ def main(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', choices=['fp32', 'fp16', 'bf16'], default='fp32')
     parser.add_argument('--compile', action='store_true', help='add torch.compile of the fused model (slow to build)')
+    parser.add_argument('--profile', action='store_true',
+                        help='also print the top operators of one forward of ours and ours_fused_channels_last')
     parser.add_argument('--json', default='benchmark.json')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -205,6 +220,9 @@ def main(argv=None):
                     for key, model in variants.items():
                         times[key].append(time_once(model, x, device, autocast_dtype))
                 flops = count_flops(variants['ours'], x)
+                if args.profile:
+                    for key in ('ours', 'ours_fused_channels_last'):
+                        print_profile(variants[key], x, f'{name} {size[0]}x{size[1]} batch {batch} {key}')
                 medians = {k: statistics.median(v) for k, v in times.items()}
                 for key in variants:
                     row = dict(model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
