@@ -6,11 +6,12 @@ offsets. At another grid the table is resized bicubically (antialiased, as timm 
 tables) to one entry per offset of the new grid, so the ImageNet-trained biases carry over; at the
 pretraining grid the table is used unchanged.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'biased_attention', 'relative_offset_index',
            'tracing_or_compiling']
@@ -21,21 +22,24 @@ SDPA_MIN_PAIRS = 256 * 256
 
 
 def tracing_or_compiling() -> bool:
-    """True inside torch.jit tracing, torch.compile and torch.export (ONNX): shapes there are symbolic."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    """True inside torch.jit tracing, FX symbolic tracing, torch.compile and torch.export (ONNX): shapes there
+    are symbolic. False in TorchScript, where shapes are real."""
+    if not torch.jit.is_scripting():
+        return torch.jit.is_tracing() or is_fx_symbolic_tracing() or torch.compiler.is_compiling()
+    return False
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, sdpa_min_pairs: int = SDPA_MIN_PAIRS) -> torch.Tensor:
     """softmax(q @ k^T * scale + bias) @ v for (B, heads, N, dim) q, k, v and a (heads, Nq, Nk) bias. Large
     grids use ``scaled_dot_product_attention``; traced / compiled graphs keep the explicit form."""
-    if not tracing_or_compiling() and q.shape[-2] * k.shape[-2] >= SDPA_MIN_PAIRS:
+    if not tracing_or_compiling() and q.shape[-2] * k.shape[-2] >= sdpa_min_pairs:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     attn = (q @ k.transpose(-2, -1)) * scale + bias
     return attn.softmax(dim=-1) @ v
 
 
-def antialiased_bicubic_weights(in_size: int, out_size: int, device=None) -> torch.Tensor:
+def antialiased_bicubic_weights(in_size: int, out_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """(out_size, in_size) float32 matrix of ``F.interpolate(mode='bicubic', antialias=True,
     align_corners=False)`` along one axis: Keys' cubic (a = -0.5) stretched by the downscale factor,
     rows normalised. Built from tensor ops only, so the resize exports to ONNX with a symbolic
@@ -52,7 +56,7 @@ def antialiased_bicubic_weights(in_size: int, out_size: int, device=None) -> tor
 
 
 def relative_offset_index(
-        grid: Tuple[int, int], query_stride: int = 1, device=None) -> torch.Tensor:
+        grid: Tuple[int, int], query_stride: int = 1, device: Optional[torch.device] = None) -> torch.Tensor:
     """Index into a flattened (H * W) offset table for queries on every ``query_stride``-th point of ``grid``.
 
     Returns a (Nq, H * W) long tensor with Nq = ceil(H / s) * ceil(W / s).
@@ -69,11 +73,11 @@ def relative_offset_index(
 class GridAttentionBias(nn.Module):
     """Base for attention modules owning ``attention_biases`` over a (h0, w0) offset table.
 
-    ``attention_bias(grid)`` gives the (heads, Nq, Nk) bias for keys on ``grid``. In eval it is cached per
-    grid, device, dtype and parameter version (an in-place update such as ``load_state_dict`` invalidates
-    it); in train, while tracing or compiling it is recomputed so gradients reach the table.
+    ``attention_bias(grid)`` gives the (heads, Nq, Nk) bias for keys on ``grid``. In eager eval it is cached
+    per grid, device, dtype and parameter version (an in-place update such as ``load_state_dict`` invalidates
+    it); in train, in TorchScript and while tracing or compiling it is recomputed (gradients reach the table).
     """
-    attention_bias_cache: Dict[Tuple, torch.Tensor]
+    attention_bias_cache: Dict[str, torch.Tensor]
     # False recomputes the resized bias at every forward: the benchmark's no-cache reference
     cache_attention_bias: bool = True
 
@@ -103,7 +107,7 @@ class GridAttentionBias(nn.Module):
         table = self.attention_biases
         # traced / exported graphs always resize (an exact identity at the table size) so that they stay
         # valid for every input size
-        if tracing_or_compiling() or tuple(grid) != self.table_size:
+        if tracing_or_compiling() or grid[0] != self.table_size[0] or grid[1] != self.table_size[1]:
             rows = antialiased_bicubic_weights(self.table_size[0], grid[0], device=table.device)
             cols = antialiased_bicubic_weights(self.table_size[1], grid[1], device=table.device)
             table2d = table.reshape(-1, *self.table_size).float()
@@ -114,15 +118,26 @@ class GridAttentionBias(nn.Module):
         return table[:, index]
 
     def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        if self.training or not self.cache_attention_bias or tracing_or_compiling():
+        if torch.jit.is_scripting():
             return self._compute_attention_bias(grid).to(dtype)
-        key = (int(grid[0]), int(grid[1]), self.attention_biases.device, dtype, self.attention_biases._version)
+        else:
+            if self.training or not self.cache_attention_bias or tracing_or_compiling():
+                return self._compute_attention_bias(grid).to(dtype)
+            return self._cached_attention_bias(grid, dtype)
+
+    def _cached_attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        version = self.attention_biases._version
+        key = f'{grid[0]}x{grid[1]}/{self.attention_biases.device}/{dtype}/v{version}'
         bias = self.attention_bias_cache.get(key)
         if bias is None:
             with torch.no_grad():
                 bias = self._compute_attention_bias(grid).to(dtype)
-            # one grid per input size: drop entries of older parameter versions
-            self.attention_bias_cache = {
-                k: v for k, v in self.attention_bias_cache.items() if k[-1] == key[-1]}
+            # one entry per grid, device and dtype: drop those of older parameter versions
+            suffix = f'/v{version}'
+            self.attention_bias_cache = {k: v for k, v in self.attention_bias_cache.items() if k.endswith(suffix)}
             self.attention_bias_cache[key] = bias
         return bias
+
+    def get_attention_biases(self, device: torch.device) -> torch.Tensor:
+        """timm's API: the bias at the pretraining grid, on the table's device (cached in eval)."""
+        return self.attention_bias(self.table_size, self.attention_biases.dtype)

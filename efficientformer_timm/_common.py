@@ -4,21 +4,61 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
+from timm.models._features import FeatureListNet, feature_take_indices
 from torch import nn
 
+from ._validate import check_image_batch
+from .checkpoint import read_checkpoint
 from .fuse import fuse_batchnorm
 
 
-def build_efficientformer(cls: type, variant: str, pretrained: bool, filter_fn: Callable, **kwargs) -> nn.Module:
-    """timm's builder with the features_only getter; ``fuse_bn=True`` folds BatchNorm after weights load."""
-    out_indices = kwargs.pop('out_indices', 4)
+class CheckedFeatureListNet(FeatureListNet):
+    """timm's ``FeatureListNet`` (same modules and state-dict keys) that checks its input like the model does."""
+
+    def __init__(self, model: nn.Module, *args, **kwargs):
+        in_chans = model.in_chans
+        super().__init__(model, *args, **kwargs)
+        self.in_chans = in_chans
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            check_image_batch(x, self.in_chans, next(self.parameters()).dtype)
+        return list(self._collect(x).values())
+
+
+def _read_pretrained_file(variant: str, kwargs: dict) -> None:
+    """A local ``file`` in the pretrained config is read here, so that a missing, truncated or foreign file
+    raises ``CheckpointError`` naming it; timm then loads the state dict as given."""
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    if cfg.get('file') and not cfg.get('state_dict') and cfg.get('source', '') not in ('hf-hub', 'local-dir'):
+        kwargs['pretrained_cfg_overlay'] = dict(
+            kwargs.get('pretrained_cfg_overlay') or {}, state_dict=read_checkpoint(cfg['file']))
+
+
+def build_efficientformer(
+        cls: type, variant: str, pretrained: bool, filter_fn: Callable, feature_list: bool = False,
+        **kwargs) -> nn.Module:
+    """timm's builder; ``fuse_bn=True`` folds BatchNorm after weights load. ``features_only`` gives the wrapper
+    stock timm gives (``feature_list``: ``FeatureListNet`` over flattened stem / stages, else the getter); the
+    per-output norms, which are not on the module path, always use the getter."""
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3) if feature_list else 4)  # stock timm's defaults
     fuse_bn = kwargs.pop('fuse_bn', False)
+    if feature_list and not kwargs.get('feature_norm', False):
+        feature_cfg = dict(out_indices=out_indices, flatten_sequential=True, feature_cls=CheckedFeatureListNet)
+    else:
+        feature_cfg = dict(out_indices=out_indices, feature_cls='getter')
+    if kwargs.get('feature_norm') and kwargs.get('feature_cls') not in (None, 'getter'):
+        raise ValueError(f"feature_norm=True needs the default features_only wrapper (feature_cls='getter'), got "
+                         f"feature_cls={kwargs['feature_cls']!r}: the norms are applied in forward_intermediates")
+    if pretrained:
+        _read_pretrained_file(variant, kwargs)
     model = build_model_with_cfg(
         cls, variant, pretrained,
         pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=feature_cfg,
         **kwargs,
     )
     return fuse_batchnorm(model) if fuse_bn else model
@@ -26,11 +66,18 @@ def build_efficientformer(cls: type, variant: str, pretrained: bool, filter_fn: 
 
 class EfficientFormerBase(nn.Module):
     """Subclasses build ``stem``, ``stages``, ``norm``, ``feature_info`` and call ``_init_heads``; they set
-    ``pool_dims``, the dimensions the head averages over (tokens for V1, H and W for V2)."""
-    pool_dims: Tuple[int, ...]
+    ``pool_dims``, the dimensions the head averages over (tokens for V1, H and W for V2), and
+    ``head_needs_last_stage`` when the head cannot pool the output of a pruned network (V1 pools tokens)."""
+    pool_dims = ()
+    head_needs_last_stage = False
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not torch.jit.is_scripting():
+            check_image_batch(x, self.in_chans, next(self.stem.parameters()).dtype)
 
     def _init_heads(self, num_features: int, num_classes: int, distillation: bool, drop_rate: float, dd: dict):
         self.num_features = self.head_hidden_size = num_features
+        self.pool_dims = list(type(self).pool_dims)  # an instance attribute, which TorchScript can read
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.dist = distillation
@@ -64,10 +111,15 @@ class EfficientFormerBase(nn.Module):
         return self.head, self.head_dist
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
+        if global_pool is not None and global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        pool = self.global_pool if global_pool is None else global_pool
+        if self.head_needs_last_stage and len(self.stages) < self.num_stages and (num_classes or pool):
+            raise ValueError(
+                f'a classifier or pooling (num_classes={num_classes}, global_pool={pool!r}) needs the final stage, '
+                'which prune_intermediate_layers removed: use reset_classifier(0, \'\') and pool the features '
+                'yourself, or build an unpruned model.')
+        self.global_pool = pool
         weight = next(self.stem.parameters())
         dd = {'device': weight.device, 'dtype': weight.dtype}
         self.num_classes = num_classes
@@ -98,6 +150,54 @@ class EfficientFormerBase(nn.Module):
         if prune_head or prune_end:
             self.reset_classifier(0, '')
         return take_indices
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs as NCHW maps at the real feature size (V1's last-stage tokens reshaped to their grid).
+
+        ``norm`` applies the final norm to the last stage's output; ``feature_norms`` (when built) are applied to
+        every returned map.
+        """
+        self._check_input(x)
+        if output_fmt != 'NCHW':
+            raise ValueError("output_fmt must be 'NCHW', got '" + output_fmt + "'")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = self.num_stages - 1
+        last_run = -1
+        x = self.stem(x)
+        # one loop over self.stages with a condition, not a slice of it: TorchScript iterates module attributes only
+        for feat_idx, stage in enumerate(self.stages):
+            if feat_idx <= max_index or not stop_early:
+                x, grid = stage.forward_with_grid(x)
+                last_run = feat_idx
+                if feat_idx in take_indices:
+                    x_inter = self.norm(x) if norm and feat_idx == last_idx else x
+                    x_inter = stage.to_map(x_inter, grid)
+                    if self.feature_norms is not None:
+                        x_inter = self.feature_norms[feat_idx](x_inter)
+                    intermediates.append(x_inter)
+
+        if intermediates_only:
+            return intermediates
+        if last_run == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final stage output after the final norm (V1: (B, N, C) tokens, transformers' ``last_hidden_state``;
+        V2: an NCHW map)."""
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         if self.global_pool == 'avg':

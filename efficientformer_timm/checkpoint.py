@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from timm.models import adapt_input_conv
 from torch import nn
 
 from ._bias import relative_offset_index
@@ -24,8 +25,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     'CheckpointError', 'LoadReport', 'detect_format', 'original_to_timm', 'timm_to_original',
-    'transformers_to_timm', 'infer_model_name', 'convert_state_dict', 'read_checkpoint', 'load_checkpoint',
-    'atomic_output',
+    'transformers_to_timm', 'infer_model_name', 'convert_state_dict', 'read_file', 'unwrap_state_dict',
+    'read_checkpoint', 'load_checkpoint', 'atomic_output',
 ]
 
 
@@ -270,8 +271,8 @@ def infer_model_name(state_dict: Dict[str, torch.Tensor]) -> str:
     sd = to_timm_keys(state_dict)[0]
     v2 = _is_v2(sd)
     widths = []
-    for stage in range(4):
-        w = [v for k, v in sd.items() if re.match(rf'stages\.{stage}\.blocks\.0\.ls2\.gamma$', k)]
+    for stage in range(4):  # any block's layer scale: in L7 the last stage's block 0 is Flat
+        w = [v for k, v in sd.items() if re.match(rf'stages\.{stage}\.blocks\.\d+\.ls2\.gamma$', k)]
         widths.append(w[0].numel() if w else None)
     archs = EFFICIENTFORMERV2_ARCHS if v2 else EFFICIENTFORMER_ARCHS
     for name, arch in archs.items():
@@ -303,6 +304,15 @@ def _pruned(key: str, model: nn.Module) -> bool:
     return key.startswith('norm.') and isinstance(model.norm, nn.Identity)
 
 
+_FIRST_CONV = ('stem.conv1.weight', 'stem.conv1.conv.weight')  # V1, V2
+
+
+def _other_in_chans(key: str, value: torch.Tensor, target: torch.Tensor) -> bool:
+    """The stem's first conv made for another number of input channels (the rest of its shape equal)."""
+    return key in _FIRST_CONV and value.ndim == 4 and value.shape[:1] + value.shape[2:] == target.shape[:1] + \
+        target.shape[2:]
+
+
 def convert_state_dict(
         state_dict: Dict[str, torch.Tensor], model: nn.Module, strict: bool = True,
         report: Optional[LoadReport] = None, pass_other_classifier: bool = False) -> Dict[str, torch.Tensor]:
@@ -311,8 +321,11 @@ def convert_state_dict(
     strict=True raises CheckpointError for any unknown, unused, missing or wrongly shaped tensor (other than
     the logged exceptions in the module docstring); strict=False leaves those out with one warning listing
     them. Tensors the model lacks and does not need (its missing classifier) are dropped with a log line.
-    ``pass_other_classifier`` hands classifier tensors of another class count through unchanged: timm's
-    pretrained loader, which calls this as its filter, removes them itself when ``num_classes`` differs.
+    A stem convolution made for another number of input channels is adapted with timm's ``adapt_input_conv``
+    (as timm's pretrained loader does), with a log line.
+    ``pass_other_classifier`` is set by timm's pretrained loader, which calls this as its filter: classifier
+    tensors of another class count and a stem convolution of another input-channel count pass through
+    unchanged, because that loader drops the former (``num_classes`` differs) and adapts the latter itself.
     """
     converted, unknown, fmt = to_timm_keys(state_dict)
     report = report if report is not None else LoadReport(fmt)
@@ -340,6 +353,13 @@ def convert_state_dict(
                     report.dropped.append(key)
             else:
                 unused.append(key)
+        elif _other_in_chans(key, value, target[key]):
+            if not pass_other_classifier:
+                _logger.info('adapting %s from %d to %d input channels (timm adapt_input_conv)',
+                             key, value.shape[1], target[key].shape[1])
+                value = adapt_input_conv(target[key].shape[1], value)
+            out[key] = value
+            report.loaded.append(key)
         elif value.shape != target[key].shape:
             wrong_shape.append(f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}')
         elif value.is_floating_point() != target[key].is_floating_point():
@@ -387,28 +407,42 @@ def convert_state_dict(
 
 # ---- files ----
 
-def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
-    """Read a .pth/.pt/.bin (torch) or .safetensors file and unwrap ``state_dict`` / ``model`` containers."""
+def read_file(path, map_location='cpu'):
+    """The object in a .pth/.pt/.bin (torch, loaded with ``weights_only=True``) or .safetensors file.
+
+    Raises FileNotFoundError for a missing file and CheckpointError naming the file for one that cannot be read
+    (truncated, not a checkpoint, or pickling more than tensors and containers); the reader's own exception is
+    its ``__cause__``."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     try:
-        if str(path).endswith('.safetensors'):
+        if path.endswith('.safetensors'):
             from safetensors.torch import load_file
-            obj = load_file(path, device='cpu')
-        else:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
+            return load_file(path, device=str(map_location or 'cpu'))
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch / safetensors raise many types for truncated or foreign files
         raise CheckpointError(
             f'cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated or not a '
             'PyTorch / safetensors checkpoint; download it again.') from e
+
+
+def unwrap_state_dict(obj, source: str) -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint object: ``state_dict`` / ``model`` containers unwrapped, a DDP
+    ``module.`` prefix removed. CheckpointError when ``source`` (a file name, for the message) holds none."""
     if isinstance(obj, dict):
         for key in ('state_dict', 'model'):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f'{path} holds no state dict of tensors (found {type(obj).__name__})')
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f'{source} holds no state dict of tensors (found {type(obj).__name__})')
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
+
+
+def read_checkpoint(path) -> Dict[str, torch.Tensor]:
+    """Read a .pth/.pt/.bin (torch) or .safetensors file and unwrap ``state_dict`` / ``model`` containers."""
+    return unwrap_state_dict(read_file(path), os.fspath(path))
 
 
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True) -> LoadReport:

@@ -18,12 +18,10 @@ from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
 from ._bias import GridAttentionBias, biased_attention
 from ._common import EfficientFormerBase, build_efficientformer
-from ._validate import check_image_batch
 
 __all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
 
@@ -60,6 +58,22 @@ class Attention(GridAttentionBias):
         return self.proj(x)
 
 
+class GridMetaBlock2d(MetaBlock2d):
+    """timm's Meta4D block, called with the token grid like every block of a stage (TorchScript needs one call
+    signature per stage loop); the grid is not used."""
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.token_mixer(x)))
+        return x + self.drop_path2(self.ls2(self.mlp(x)))
+
+
+class GridFlat(Flat):
+    """timm's Flat (NCHW map to B, N, C tokens), called with the token grid like every block of a stage."""
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
 class MetaBlock1d(nn.Module):
     """Meta3D block: LayerNorm, attention, LayerNorm, linear MLP, each branch layer-scaled."""
 
@@ -87,7 +101,8 @@ class MetaBlock1d(nn.Module):
 class EfficientFormerStage(nn.Module):
     """Optional downsample, Meta4D blocks, then (last stage) Flat and ``num_vit`` Meta3D blocks.
 
-    Block indices match timm's so checkpoints keep their keys (Flat holds a slot in ``blocks``).
+    Block indices match timm's so checkpoints keep their keys (Flat holds a slot in ``blocks``). Every block is
+    called as ``block(x, grid)``: the Meta3D blocks need the token grid.
     """
 
     def __init__(
@@ -106,13 +121,13 @@ class EfficientFormerStage(nn.Module):
         drop_path = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         num_conv = depth - num_vit
         blocks = [
-            MetaBlock2d(
+            GridMetaBlock2d(
                 dim_out, pool_size=pool_size, mlp_ratio=mlp_ratio, act_layer=act_layer, norm_layer=norm_layer,
                 proj_drop=proj_drop, drop_path=drop_path[i], layer_scale_init_value=layer_scale_init_value, **dd)
             for i in range(num_conv)
         ]
         if num_vit:
-            blocks.append(Flat())
+            blocks.append(GridFlat())
             blocks += [
                 MetaBlock1d(
                     dim_out, mlp_ratio=mlp_ratio, act_layer=act_layer, norm_layer=norm_layer_cl,
@@ -120,31 +135,36 @@ class EfficientFormerStage(nn.Module):
                     attn_kwargs=attn_kwargs, **dd)
                 for i in range(num_conv, depth)
             ]
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.ModuleList(blocks)
+        self.outputs_tokens = num_vit > 0
 
     def forward_with_grid(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Returns the stage output (NCHW, or B, N, C tokens after Flat) and its H x W grid."""
         x = self.downsample(x)
         grid = (x.shape[-2], x.shape[-1])
-        use_checkpoint = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
+        if not torch.jit.is_scripting():  # checkpoint() cannot be compiled: TorchScript skips this branch
+            if self.grad_checkpointing and self.training:
+                for block in self.blocks:
+                    x = checkpoint(block, x, grid, use_reentrant=False)
+                return x, grid
         for block in self.blocks:
-            args = (x, grid) if isinstance(block, MetaBlock1d) else (x,)
-            x = checkpoint(block, *args, use_reentrant=False) if use_checkpoint else block(*args)
+            x = block(x, grid)
         return x, grid
+
+    def to_map(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """A stage output as an NCHW map: the last stage's tokens reshaped to their grid."""
+        if self.outputs_tokens:
+            return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_grid(x)[0]
 
 
-def _tokens_to_map(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    if x.ndim == 4:
-        return x
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
-
-
 class EfficientFormer(EfficientFormerBase):
     """EfficientFormer V1 (L1 / L3 / L7). ``feature_norm=True`` adds GroupNorm(1, C) per feature output."""
     pool_dims = (1,)  # the head averages the final (B, N, C) tokens
+    head_needs_last_stage = True
 
     def __init__(
             self,
@@ -210,56 +230,10 @@ class EfficientFormer(EfficientFormerBase):
         self.norm = norm_layer_cl(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs as NCHW maps (the last stage's tokens reshaped to its real grid).
-
-        ``norm`` applies the final LayerNorm to the last stage's output; ``feature_norms`` (when built) are
-        applied to every returned map.
-        """
-        check_image_batch(x, self.in_chans)
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = self.num_stages - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-
-        x = self.stem(x)
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x, grid = stage.forward_with_grid(x)
-            if feat_idx in take_indices:
-                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
-                x_inter = _tokens_to_map(x_inter, grid)
-                if self.feature_norms is not None:
-                    x_inter = self.feature_norms[feat_idx](x_inter)
-                intermediates.append(x_inter)
-
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final tokens (B, N, C) after the last LayerNorm: transformers' ``last_hidden_state``."""
-        check_image_batch(x, self.in_chans)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
     def forward_hidden_states(self, x: torch.Tensor) -> List[torch.Tensor]:
         """transformers' ``hidden_states``: stem, then each stage's blocks and each downsample, then the
         final tokens before the last LayerNorm (8 tensors for the 4-stage models)."""
-        check_image_batch(x, self.in_chans)
+        self._check_input(x)
         x = self.stem(x)
         hidden_states = [x]
         for stage in self.stages:
@@ -268,7 +242,7 @@ class EfficientFormer(EfficientFormerBase):
                 hidden_states.append(x)
             grid = (x.shape[-2], x.shape[-1])
             for block in stage.blocks:
-                x = block(x, grid) if isinstance(block, MetaBlock1d) else block(x)
+                x = block(x, grid)
             hidden_states.append(x)
         return hidden_states
 

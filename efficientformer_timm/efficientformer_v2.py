@@ -20,12 +20,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, LayerScale2d, calculate_drop_path_rates, get_act_layer, get_norm_layer, to_ntuple)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGlobalQuery, Stem4
 
 from ._bias import GridAttentionBias
 from ._common import EfficientFormerBase, build_efficientformer
-from ._validate import check_image_batch
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
 
@@ -218,6 +216,13 @@ class EfficientFormerV2Stage(nn.Module):
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
+    def forward_with_grid(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.forward(x)
+        return x, (x.shape[-2], x.shape[-1])
+
+    def to_map(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        return x
+
 
 class EfficientFormerV2(EfficientFormerBase):
     """EfficientFormer-V2 (S0 / S1 / S2 / L). ``img_size`` only sets the pretraining bias grid."""
@@ -253,6 +258,7 @@ class EfficientFormerV2(EfficientFormerBase):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
+        self.num_stages = len(depths)
         # the biases were trained for this grid; other input sizes resize them
         pretrain_size = img_size if isinstance(img_size, int) else img_size[0]
         norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
@@ -284,48 +290,6 @@ class EfficientFormerV2(EfficientFormerBase):
         self.norm = norm_layer(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs as NCHW maps; ``norm`` applies the final norm to the last stage's output and
-        ``feature_norms`` (when built) are applied to every returned map."""
-        check_image_batch(x, self.in_chans)
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-
-        x = self.stem(x)
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
-                if self.feature_norms is not None:
-                    x_inter = self.feature_norms[feat_idx](x_inter)
-                intermediates.append(x_inter)
-
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-
 def checkpoint_filter_fn(state_dict, model):
     """Any supported checkpoint format (timm, original release) -> this model's keys."""
     from .checkpoint import convert_state_dict
@@ -353,7 +317,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_efficientformerv2(variant, pretrained=False, **kwargs):
-    return build_efficientformer(EfficientFormerV2, variant, pretrained, checkpoint_filter_fn, **kwargs)
+    return build_efficientformer(
+        EfficientFormerV2, variant, pretrained, checkpoint_filter_fn, feature_list=True, **kwargs)
 
 
 @register_model

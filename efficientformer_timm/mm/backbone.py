@@ -10,7 +10,7 @@ from mmengine.registry import MODELS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import CheckpointError, LoadReport, convert_state_dict
+from ..checkpoint import CheckpointError, LoadReport, convert_state_dict, unwrap_state_dict
 
 MODEL_NAMES = (
     'efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7',
@@ -95,12 +95,7 @@ class EfficientFormerBackbone(BaseModule):
                 'EFFICIENTFORMER_L1_CKPT) at it, or set model.backbone.init_cfg=None to train from scratch.')
 
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> LoadReport:
-        obj = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-        state_dict = obj
-        for key in ('state_dict', 'model'):
-            if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-                state_dict = state_dict[key]
-                break
+        state_dict = unwrap_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
         if prefix is None and any(k.startswith('backbone.') for k in state_dict):
             prefix = 'backbone.'
         if prefix:

@@ -15,21 +15,24 @@ import torch
 from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from ..checkpoint import CheckpointError, read_file
+
+
+def _is_mmengine_checkpoint(error: CheckpointError) -> bool:
+    """The weights-only refusal of a readable file that pickles mmengine's training state."""
+    cause = error.__cause__
+    return isinstance(cause, pickle.UnpicklingError) and ('mmengine' in str(cause) or 'getattr' in str(cause))
+
 
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_local_checkpoint(filename, map_location=None):
     """Local files: safetensors, or torch.load (weights_only unless the file is an mmengine training
-    checkpoint)."""
+    checkpoint). A file that cannot be read raises the package's CheckpointError naming it."""
     filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    if filename.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(filename, device=str(map_location or 'cpu'))
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'mmengine' not in str(e) and 'getattr' not in str(e):  # not the shape of an mmengine checkpoint
+        return read_file(filename, map_location)
+    except CheckpointError as e:
+        if not _is_mmengine_checkpoint(e):
             raise
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', FutureWarning)
