@@ -30,10 +30,15 @@ def tracing_or_compiling() -> bool:
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     scale: float, sdpa_min_pairs: int = SDPA_MIN_PAIRS) -> torch.Tensor:
+                     scale: float) -> torch.Tensor:
     """softmax(q @ k^T * scale + bias) @ v for (B, heads, N, dim) q, k, v and a (heads, Nq, Nk) bias. Large
     grids use ``scaled_dot_product_attention``; traced / compiled graphs keep the explicit form."""
-    if not tracing_or_compiling() and q.shape[-2] * k.shape[-2] >= sdpa_min_pairs:
+    pairs = q.shape[-2] * k.shape[-2]
+    if torch.jit.is_scripting():
+        use_sdpa = pairs >= 256 * 256  # SDPA_MIN_PAIRS: TorchScript cannot read module globals
+    else:
+        use_sdpa = not tracing_or_compiling() and pairs >= SDPA_MIN_PAIRS
+    if use_sdpa:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     attn = (q @ k.transpose(-2, -1)) * scale + bias
     return attn.softmax(dim=-1) @ v

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from timm.models import adapt_input_conv
+from timm.models._features import FeatureDictNet
 from torch import nn
 
 from ._bias import relative_offset_index
@@ -292,11 +293,31 @@ def to_timm_keys(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.T
     return out, unknown, fmt
 
 
+# timm's FeatureListNet (V2 features_only) flattens the stem and stages: ``stem.conv1.`` is ``stem_conv1.``
+_FLAT_PREFIX = re.compile(r'^(stem|stages)[._](\w+)\.')
+
+
+def _flatten_key(key: str) -> str:
+    return _FLAT_PREFIX.sub(r'\1_\2.', key)
+
+
+def _unflatten_key(key: str) -> str:
+    return _FLAT_PREFIX.sub(r'\1.\2.', key)
+
+
+def _num_stages(model: nn.Module) -> int:
+    if isinstance(model, FeatureDictNet):
+        return sum(1 for name in model.keys() if name.startswith('stages_'))
+    return len(model.stages)
+
+
 def _pruned(key: str, model: nn.Module) -> bool:
-    """Key of a part that ``prune_intermediate_layers`` removed (features_only models)."""
+    """Key of a part that a features_only model does not build (pruned stages, norms and heads)."""
     m = re.match(r'stages\.(\d+)\.', key)
     if m:
-        return int(m.group(1)) >= len(model.stages)
+        return int(m.group(1)) >= _num_stages(model)
+    if isinstance(model, FeatureDictNet):  # only the stem and the stages up to the last output
+        return key.startswith(('norm.', 'feature_norms.'))
     m = re.match(r'feature_norms\.(\d+)\.', key)
     if m:
         norms = getattr(model, 'feature_norms', None)
@@ -330,7 +351,8 @@ def convert_state_dict(
     converted, unknown, fmt = to_timm_keys(state_dict)
     report = report if report is not None else LoadReport(fmt)
     report.source_format = fmt
-    target = model.state_dict()
+    flat = isinstance(model, FeatureDictNet)
+    target = {_unflatten_key(k): v for k, v in model.state_dict().items()} if flat else model.state_dict()
     out, problems = {}, []
     if unknown:
         problems.append(f'keys not recognised as {fmt} EfficientFormer keys: {unknown}')
@@ -402,7 +424,7 @@ def convert_state_dict(
             raise CheckpointError(f'{fmt}-format checkpoint does not fit the model: ' + ' | '.join(problems))
         report.skipped += unknown + unused + [w.split(':')[0] for w in wrong_shape] + missing
         _logger.warning('strict=False: loading %d tensors, skipping: %s', len(out), ' | '.join(problems))
-    return out
+    return {_flatten_key(k): v for k, v in out.items()} if flat else out
 
 
 # ---- files ----
@@ -448,7 +470,7 @@ def read_checkpoint(path) -> Dict[str, torch.Tensor]:
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True) -> LoadReport:
     """Load a checkpoint (path or state dict, any supported format) into an EfficientFormer model or a
     ``features_only`` wrapper of one. Returns what was loaded, initialised, dropped and skipped."""
-    target = getattr(model, 'model', model)  # timm FeatureGetterNet keeps the network as .model
+    target = getattr(model, 'model', model)  # timm's FeatureGetterNet keeps the network as .model
     state_dict = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     report = LoadReport('')
     converted = convert_state_dict(state_dict, target, strict=strict, report=report)

@@ -98,9 +98,10 @@ def test_bias_resize_matrices_equal_torch_antialiased_bicubic(table):
                                            ('efficientformerv2_s0', 'timm', False)])
 def test_onnx_export_runs_any_size_in_onnxruntime(name, fmt, fuse, tmp_path):
     onnxruntime = pytest.importorskip('onnxruntime')
-    model = randomize_(timm.create_model(name, features_only=True)).eval()
-    state = model.model.state_dict()
+    state = randomize_(timm.create_model(name)).state_dict()
     torch.save(timm_to_original(state) if fmt == 'original' else state, tmp_path / 'weights.pth')
+    model = timm.create_model(name, features_only=True, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'weights.pth'))).eval()
     out = tmp_path / 'features.onnx'
     args = [sys.executable, EXPORT_ONNX, name, str(out), '--checkpoint', str(tmp_path / 'weights.pth')]
     done = subprocess.run(args + (['--fuse-bn'] if fuse else []), capture_output=True, text=True)

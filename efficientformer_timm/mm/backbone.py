@@ -58,7 +58,7 @@ class EfficientFormerBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         features = timm.create_model(
-            model_name, features_only=True, out_indices=out_indices, feature_norm=feature_norm,
+            model_name, features_only=True, feature_cls='getter', out_indices=out_indices, feature_norm=feature_norm,
             drop_path_rate=drop_path_rate)
         # keep the network itself so parameters are named backbone.model.<timm key>
         self.model = features.model
