@@ -12,6 +12,10 @@ from ._validate import check_image_batch
 from .checkpoint import read_checkpoint
 from .fuse import fuse_batchnorm
 
+# FX symbolic tracing (torch.fx, timm's and torchvision's feature extractors) records the input check as one call
+# in the graph, so traced models check their input too
+torch.fx.wrap('check_image_batch')
+
 
 class CheckedFeatureListNet(FeatureListNet):
     """timm's ``FeatureListNet`` (same modules and state-dict keys) that checks its input like the model does."""

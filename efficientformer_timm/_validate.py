@@ -2,7 +2,6 @@
 from typing import Optional
 
 import torch
-from timm.layers import register_notrace_function
 
 from ._bias import tracing_or_compiling
 
@@ -12,12 +11,11 @@ __all__ = ['MIN_INPUT_SIZE', 'check_image_batch']
 MIN_INPUT_SIZE = 64
 
 
-@register_notrace_function  # timm's FX feature extraction keeps the check as one call in the graph
 def check_image_batch(x, in_chans: int, dtype: Optional[torch.dtype] = None) -> None:
     """Raise TypeError / ValueError for anything but a non-empty float (B, in_chans, H, W) batch with
     H, W >= MIN_INPUT_SIZE in the model's ``dtype`` (any float dtype under autocast). Skipped while tracing or
-    compiling, where shapes are symbolic."""
-    if isinstance(x, torch.fx.Proxy) or tracing_or_compiling():
+    compiling, where shapes are symbolic (FX graphs call it as a leaf: see ``_common``)."""
+    if tracing_or_compiling():
         return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'expected a torch.Tensor image batch (B, C, H, W), got {type(x).__name__}')

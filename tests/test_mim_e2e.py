@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip('mmdet')
-pytest.importorskip('mmseg')
+pytestmark = [pytest.mark.mm, pytest.mark.e2e]
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 MIM = shutil.which('mim', path=os.path.dirname(sys.executable)) or 'mim'

@@ -6,15 +6,15 @@ import pytest
 import timm
 import torch
 
-pytest.importorskip('mmdet')
-pytest.importorskip('mmseg')
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import MODELS, init_default_scope  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.structures import PixelData
 
-from efficientformer_timm import CheckpointError  # noqa: E402
-from efficientformer_timm.checkpoint import timm_to_original  # noqa: E402
-from efficientformer_timm.mm import EfficientFormerBackbone  # noqa: E402
+from efficientformer_timm import CheckpointError
+from efficientformer_timm.checkpoint import timm_to_original
+from efficientformer_timm.mm import EfficientFormerBackbone
+
+pytestmark = pytest.mark.mm  # noqa: E402
 from conftest import randomize_  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -187,7 +187,7 @@ def test_init_cfg_loads_every_format(fmt, tmp_path):
     elif fmt == 'original':
         torch.save({'model': timm_to_original(sd)}, path)
     elif fmt == 'transformers':
-        transformers = pytest.importorskip('transformers')
+        import transformers
         config = transformers.EfficientFormerConfig(hidden_size=448)
         hf = randomize_(transformers.EfficientFormerForImageClassificationWithTeacher(config))
         hf.save_pretrained(tmp_path / 'hf')

@@ -97,7 +97,7 @@ def test_bias_resize_matrices_equal_torch_antialiased_bicubic(table):
 @pytest.mark.parametrize('name,fmt,fuse', [('efficientformer_l1', 'original', True),
                                            ('efficientformerv2_s0', 'timm', False)])
 def test_onnx_export_runs_any_size_in_onnxruntime(name, fmt, fuse, tmp_path):
-    onnxruntime = pytest.importorskip('onnxruntime')
+    import onnxruntime
     state = randomize_(timm.create_model(name)).state_dict()
     torch.save(timm_to_original(state) if fmt == 'original' else state, tmp_path / 'weights.pth')
     model = timm.create_model(name, features_only=True, pretrained=True,

@@ -107,7 +107,7 @@ def test_original_timm_original_round_trip_is_bit_exact(name):
 
 
 def test_transformers_to_timm_keeps_every_tensor():
-    transformers = pytest.importorskip('transformers')
+    import transformers
     hf = randomize_(transformers.EfficientFormerForImageClassificationWithTeacher(
         transformers.EfficientFormerConfig(hidden_size=448)))
     source = hf.state_dict()
@@ -147,8 +147,8 @@ def test_failed_conversion_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s1'])
+@pytest.mark.mm
 def test_frozen_stages_stay_bit_identical_through_training(name):
-    pytest.importorskip('mmdet')
     from efficientformer_timm.mm import EfficientFormerBackbone
     backbone = randomize_(EfficientFormerBackbone(name, frozen_stages=2)).train()
     frozen = {k: v.clone() for k, v in backbone.state_dict().items()
@@ -164,8 +164,8 @@ def test_frozen_stages_stay_bit_identical_through_training(name):
     assert any(not torch.equal(state[k], v) for k, v in trainable.items())
 
 
+@pytest.mark.mm
 def test_invalid_loss_stops_before_checkpoint():
-    pytest.importorskip('mmdet')
     from mmengine.hooks import CheckpointHook
     from mmengine.registry import HOOKS
     from mmengine.runner.priority import get_priority
@@ -181,8 +181,8 @@ def test_invalid_loss_stops_before_checkpoint():
     assert isinstance(hook, StopOnInvalidLossHook)
 
 
+@pytest.mark.mm
 def test_neck_channel_mismatch_fails_at_build(tmp_path):
-    pytest.importorskip('mmdet')
     from mmengine.config import Config
     from efficientformer_timm.mm import EfficientFormerRunner
     cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', 'mm_configs', 'toy', 'maskrcnn_l1_toy.py'))
@@ -193,9 +193,9 @@ def test_neck_channel_mismatch_fails_at_build(tmp_path):
         EfficientFormerRunner.from_cfg(cfg)
 
 
+@pytest.mark.mm
 def test_missing_init_checkpoint_fails_when_the_runner_builds(tmp_path):
     """A training run from the backbone's ImageNet weights fails at build; `mim test` (load_from set) does not."""
-    pytest.importorskip('mmdet')
     from mmengine.config import Config
     from efficientformer_timm.mm import EfficientFormerRunner
     cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', 'mm_configs', 'maskrcnn_l1.py'))

@@ -5,13 +5,12 @@ import timm
 import torch
 from PIL import Image
 
-transformers = pytest.importorskip('transformers', minversion='4.40.2')  # pinned in the test extra
-from transformers import (EfficientFormerConfig, EfficientFormerForImageClassification,  # noqa: E402
+from transformers import (EfficientFormerConfig, EfficientFormerForImageClassification,  # 4.40.2, the test extra
                           EfficientFormerForImageClassificationWithTeacher, EfficientFormerImageProcessor)
 
-from efficientformer_timm.transformers_compat import (  # noqa: E402
+from efficientformer_timm.transformers_compat import (
     create_model_from_transformers, data_config, model_args_from_transformers_config)
-from conftest import randomize_  # noqa: E402
+from conftest import randomize_
 
 CONFIGS = {
     # WithTeacher sizes its heads from ``hidden_size``, which the config class does not default
