@@ -1,26 +1,44 @@
-# The two commands of the README: `make demo` and `make test`. Both set everything up first
-# (.venv with the verified stack, mmcv compiled once per machine into ~/.cache/efficientformer-timm).
+# The two commands of the README: `make demo` and `make test`. Both set everything up first: .venv with the
+# verified stack (mmcv compiled once per machine into ~/.cache/efficientformer-timm), and for the tests also
+# .venv-latest with the newest torch, torchvision and timm from the registry.
 SHELL := /bin/bash
 VENV ?= .venv
+VENV_LATEST ?= .venv-latest
 PYTHON := $(VENV)/bin/python
+PYTHON_LATEST := $(VENV_LATEST)/bin/python
 STAMP := $(VENV)/.installed
+STAMP_LATEST := $(VENV_LATEST)/.installed
+# the tests that need no OpenMMLab stack: models, checkpoints, export, timm drop-in, transformers parity
+CORE_TESTS := -m "not mm" tests/test_models.py tests/test_checkpoint.py tests/test_performance.py \
+	tests/test_reliability.py tests/test_timm_compat.py tests/test_transformers.py tests/test_packaging.py
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test test-verified test-latest benchmark clean
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml tools/setup_env.sh
-	VENV=$(VENV) bash tools/setup_env.sh
+$(STAMP): setup.cfg pyproject.toml tools/setup_env.sh tools/constraints.txt
+	VENV=$(VENV) STACK=verified bash tools/setup_env.sh
+	touch $@
+
+$(STAMP_LATEST): setup.cfg pyproject.toml tools/setup_env.sh
+	VENV=$(VENV_LATEST) STACK=latest bash tools/setup_env.sh
 	touch $@
 
 demo: $(STAMP)
 	$(PYTHON) tools/demo.py
 
-test: $(STAMP)
+test: test-verified test-latest
+
+test-verified: $(STAMP)
 	$(PYTHON) -m pytest -q
+	$(PYTHON) tools/run_timm_tests.py
+
+test-latest: $(STAMP_LATEST)
+	$(PYTHON_LATEST) -m pytest -q $(CORE_TESTS)
+	$(PYTHON_LATEST) tools/run_timm_tests.py
 
 benchmark: $(STAMP)
 	$(PYTHON) tools/benchmark.py
 
 clean:
-	rm -rf $(VENV) demo_out work_dirs .pytest_cache
+	rm -rf $(VENV) $(VENV_LATEST) demo_out work_dirs .pytest_cache

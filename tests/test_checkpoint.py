@@ -1,4 +1,4 @@
-"""Issue 2: checkpoint formats (timm, the authors' release), conversion tool, clear mismatch errors."""
+"""Checkpoint formats (timm, the authors' release), conversion tool, clear mismatch errors."""
 import logging
 import os
 import subprocess

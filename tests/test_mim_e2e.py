@@ -1,4 +1,4 @@
-"""Issue 3: `mim train` / `mim test` / `--resume` end to end on CPU, on synthetic data in the real formats."""
+"""`mim train` / `mim test` / `--resume` end to end on CPU, on synthetic data in the real formats."""
 import glob
 import json
 import os
@@ -108,7 +108,7 @@ def test_distributed_two_cpu_processes(tmp_path):
 
 
 def test_diverging_mim_train_stops_before_a_poisoned_checkpoint(tmp_path):
-    """Issue 5: an absurd learning rate makes the second loss NaN; the run stops with the message and the
+    """An absurd learning rate makes the second loss NaN; the run stops with the message and the
     latest checkpoint stays the last good one."""
     data = tmp_path / 'data'
     subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'make_synthetic_data.py'), 'ade20k',

@@ -1,4 +1,4 @@
-"""Issue 3: the OpenMMLab backbone and configs (build, forward/backward, freezing, init_cfg loading)."""
+"""The OpenMMLab backbone and configs (build, forward/backward, freezing, init_cfg loading)."""
 import glob
 import os
 

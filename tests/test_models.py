@@ -1,4 +1,4 @@
-"""Issue 2: registration, timm parity at 224, any input size, features_only, resized attention biases."""
+"""Registration, timm parity at 224, any input size, features_only, resized attention biases."""
 import subprocess
 import sys
 

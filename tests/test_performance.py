@@ -1,4 +1,4 @@
-"""Issue 4: the speed-ups keep the numbers (fusion, bias cache) and export paths work."""
+"""The speed-ups keep the numbers (fusion, bias cache) and export paths work."""
 import copy
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""Issue 5: bad input, bad checkpoints and training faults give clear errors and lose nothing."""
+"""Bad input, bad checkpoints and training faults give clear errors and lose nothing."""
 import os
 import sys
 

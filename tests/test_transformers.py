@@ -1,4 +1,4 @@
-"""Issue 2: parity with transformers 4.40.2 (weights, outputs, hidden states, preprocessing)."""
+"""Parity with transformers 4.40.2 (weights, outputs, hidden states, preprocessing)."""
 import numpy as np
 import pytest
 import timm
