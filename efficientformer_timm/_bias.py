@@ -83,8 +83,6 @@ class GridAttentionBias(nn.Module):
     it); in train, in TorchScript and while tracing or compiling it is recomputed (gradients reach the table).
     """
     attention_bias_cache: Dict[str, torch.Tensor]
-    # False recomputes the resized bias at every forward: the benchmark's no-cache reference
-    cache_attention_bias: bool = True
 
     def _init_attention_bias(
             self, num_heads: int, table_size: Tuple[int, int], query_stride: int = 1,
@@ -126,7 +124,7 @@ class GridAttentionBias(nn.Module):
         if torch.jit.is_scripting():
             return self._compute_attention_bias(grid).to(dtype)
         else:
-            if self.training or not self.cache_attention_bias or tracing_or_compiling():
+            if self.training or tracing_or_compiling():
                 return self._compute_attention_bias(grid).to(dtype)
             return self._cached_attention_bias(grid, dtype)
 

@@ -3,18 +3,43 @@ the builder behind their ``register_model`` entry points."""
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._features import FeatureListNet, feature_take_indices
 from torch import nn
 
 from ._validate import check_image_batch
-from .checkpoint import read_checkpoint
+from .checkpoint import convert_state_dict, read_checkpoint
 from .fuse import fuse_batchnorm
 
 # FX symbolic tracing (torch.fx, timm's and torchvision's feature extractors) records the input check as one call
 # in the graph, so traced models check their input too
 torch.fx.wrap('check_image_batch')
+
+
+def ceil_div(size: int, stride: int) -> int:
+    """Output size of a stride-``stride`` step that rounds up (every strided conv here pads to keep the edge)."""
+    return -(-size // stride)
+
+
+def pretrained_cfg(first_conv: str, **kwargs) -> dict:
+    """timm's pretrained config of the ``snap_dist_in1k`` weights (timm's hub), at any input size."""
+    return {
+        'url': '', 'hf_hub_id': 'timm/',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
+        'crop_pct': .95, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': first_conv, 'classifier': ('head', 'head_dist'),
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+def checkpoint_filter_fn(state_dict, model):
+    """timm's pretrained filter: any supported checkpoint format (timm, original release, transformers) -> this
+    model's keys, checked (see ``convert_state_dict``)."""
+    return convert_state_dict(state_dict, model, pass_other_classifier=True)
 
 
 class CheckedFeatureListNet(FeatureListNet):
@@ -84,7 +109,6 @@ class EfficientFormerBase(nn.Module):
         self.pool_dims = list(type(self).pool_dims)  # an instance attribute, which TorchScript can read
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.dist = distillation
         self.head_dist = (
             nn.Linear(num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         ) if distillation else None

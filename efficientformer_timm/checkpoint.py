@@ -21,6 +21,7 @@ from timm.models._features import FeatureDictNet
 from torch import nn
 
 from ._bias import relative_offset_index
+from .variants import model_name_from_widths
 
 _logger = logging.getLogger(__name__)
 
@@ -267,18 +268,15 @@ def transformers_to_timm(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str,
 
 def infer_model_name(state_dict: Dict[str, torch.Tensor]) -> str:
     """The registered model name a checkpoint (any format) was made for, from its widths."""
-    from .efficientformer import EFFICIENTFORMER_ARCHS
-    from .efficientformer_v2 import EFFICIENTFORMERV2_ARCHS
     sd = to_timm_keys(state_dict)[0]
     v2 = _is_v2(sd)
     widths = []
     for stage in range(4):  # any block's layer scale: in L7 the last stage's block 0 is Flat
         w = [v for k, v in sd.items() if re.match(rf'stages\.{stage}\.blocks\.\d+\.ls2\.gamma$', k)]
         widths.append(w[0].numel() if w else None)
-    archs = EFFICIENTFORMERV2_ARCHS if v2 else EFFICIENTFORMER_ARCHS
-    for name, arch in archs.items():
-        if tuple(arch['embed_dims']) == tuple(widths):
-            return f"efficientformer{'v2' if v2 else ''}_{name}"
+    name = model_name_from_widths(widths, v2)
+    if name is not None:
+        return name
     raise CheckpointError(f'checkpoint stage widths {widths} match no EfficientFormer variant')
 
 

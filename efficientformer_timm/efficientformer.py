@@ -15,22 +15,15 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
 
 from ._bias import GridAttentionBias, biased_attention
-from ._common import EfficientFormerBase, build_efficientformer
+from ._common import EfficientFormerBase, build_efficientformer, checkpoint_filter_fn, pretrained_cfg
+from .variants import EFFICIENTFORMER_ARCHS
 
 __all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
-
-EFFICIENTFORMER_ARCHS = {
-    'l1': dict(depths=(3, 2, 6, 4), embed_dims=(48, 96, 224, 448), num_vit=1),
-    'l3': dict(depths=(4, 4, 12, 6), embed_dims=(64, 128, 320, 512), num_vit=4),
-    'l7': dict(depths=(6, 6, 18, 8), embed_dims=(96, 192, 384, 768), num_vit=8),
-}
-
 
 class Attention(GridAttentionBias):
     """Multi-head self-attention over (B, N, C) tokens laid out on a ``grid`` of H x W = N."""
@@ -247,28 +240,10 @@ class EfficientFormer(EfficientFormerBase):
         return hidden_states
 
 
-def checkpoint_filter_fn(state_dict, model):
-    """Any supported checkpoint format (timm, original release, transformers) -> this model's keys."""
-    from .checkpoint import convert_state_dict
-    return convert_state_dict(state_dict, model, pass_other_classifier=True)
-
-
-def _cfg(url='', **kwargs):
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
-        'crop_pct': .95, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.conv1', 'classifier': ('head', 'head_dist'),
-        'license': 'apache-2.0',
-        **kwargs,
-    }
-
-
 default_cfgs = generate_default_cfgs({
-    'efficientformer_l1.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
-    'efficientformer_l3.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
-    'efficientformer_l7.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformer_l1.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1'),
+    'efficientformer_l3.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1'),
+    'efficientformer_l7.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1'),
 })
 
 

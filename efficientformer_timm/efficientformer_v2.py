@@ -16,32 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, LayerScale2d, calculate_drop_path_rates, get_act_layer, get_norm_layer, to_ntuple)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGlobalQuery, Stem4
 
 from ._bias import GridAttentionBias
-from ._common import EfficientFormerBase, build_efficientformer
+from ._common import EfficientFormerBase, build_efficientformer, ceil_div, checkpoint_filter_fn, pretrained_cfg
+from .variants import EFFICIENTFORMERV2_ARCHS
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
-
-EFFICIENTFORMERV2_ARCHS = {
-    's0': dict(depths=(2, 2, 6, 4), embed_dims=(32, 48, 96, 176), num_vit=2, drop_path_rate=0.0,
-               mlp_ratios=(4, 4, (4, 3, 3, 3, 4, 4), (4, 3, 3, 4))),
-    's1': dict(depths=(3, 3, 9, 6), embed_dims=(32, 48, 120, 224), num_vit=2, drop_path_rate=0.0,
-               mlp_ratios=(4, 4, (4, 4, 3, 3, 3, 3, 4, 4, 4), (4, 4, 3, 3, 4, 4))),
-    's2': dict(depths=(4, 4, 12, 8), embed_dims=(32, 64, 144, 288), num_vit=4, drop_path_rate=0.02,
-               mlp_ratios=(4, 4, (4, 4, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4), (4, 4, 3, 3, 3, 3, 4, 4))),
-    'l': dict(depths=(5, 5, 15, 10), embed_dims=(40, 80, 192, 384), num_vit=6, drop_path_rate=0.1,
-              mlp_ratios=(4, 4, (4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4), (4, 4, 4, 3, 3, 3, 3, 4, 4, 4))),
-}
-
-
-def _ceil_half(size: int) -> int:
-    return (size + 1) // 2
-
 
 class Attention2d(GridAttentionBias):
     """Attention over a NCHW map with talking heads; ``stride=2`` attends on a strided copy and upsamples
@@ -54,9 +38,8 @@ class Attention2d(GridAttentionBias):
         super().__init__()
         self.num_heads = num_heads
         self.scale = key_dim ** -0.5
-        self.key_dim = key_dim
         if stride is not None:
-            resolution = -(-resolution // stride)
+            resolution = ceil_div(resolution, stride)
             self.stride_conv = ConvNorm(dim, dim, kernel_size=3, stride=stride, groups=dim, **dd)
         else:
             self.stride_conv = None
@@ -105,7 +88,6 @@ class Attention2dDownsample(GridAttentionBias):
         super().__init__()
         self.num_heads = num_heads
         self.scale = key_dim ** -0.5
-        self.key_dim = key_dim
         self.dh = int(attn_ratio * key_dim) * num_heads
         self.out_dim = out_dim or dim
         kh = key_dim * num_heads
@@ -119,7 +101,7 @@ class Attention2dDownsample(GridAttentionBias):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
-        h, w = _ceil_half(H), _ceil_half(W)
+        h, w = ceil_div(H, 2), ceil_div(W, 2)
         q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
         k = self.k(x).reshape(B, self.num_heads, -1, H * W)
         v = self.v(x)
@@ -198,7 +180,7 @@ class EfficientFormerV2Stage(nn.Module):
             self.downsample = Downsample(
                 dim, dim_out, resolution=resolution, use_attn=downsample_use_attn, act_layer=act_layer,
                 norm_layer=norm_layer, **dd)
-            resolution = _ceil_half(resolution)
+            resolution = ceil_div(resolution, 2)
         else:
             assert dim == dim_out, 'a stage without downsample keeps its width'
             self.downsample = nn.Identity()
@@ -274,7 +256,7 @@ class EfficientFormerV2(EfficientFormerBase):
         prev_dim, stride = embed_dims[0], 4
         for i in range(num_stages):
             stages.append(EfficientFormerV2Stage(
-                prev_dim, embed_dims[i], depth=depths[i], resolution=-(-pretrain_size // stride),
+                prev_dim, embed_dims[i], depth=depths[i], resolution=ceil_div(pretrain_size, stride),
                 downsample=downsamples[i], block_stride=2 if i == 2 else None, downsample_use_attn=i >= 3,
                 block_use_attn=i >= 2, num_vit=num_vit, mlp_ratio=mlp_ratios[i], proj_drop=proj_drop_rate,
                 drop_path=dpr[i], layer_scale_init_value=layer_scale_init_value, act_layer=act_layer,
@@ -290,29 +272,11 @@ class EfficientFormerV2(EfficientFormerBase):
         self.norm = norm_layer(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
 
-def checkpoint_filter_fn(state_dict, model):
-    """Any supported checkpoint format (timm, original release) -> this model's keys."""
-    from .checkpoint import convert_state_dict
-    return convert_state_dict(state_dict, model, pass_other_classifier=True)
-
-
-def _cfg(url='', **kwargs):
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
-        'crop_pct': .95, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'classifier': ('head', 'head_dist'), 'first_conv': 'stem.conv1.conv',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
-
-
 default_cfgs = generate_default_cfgs({
-    'efficientformerv2_s0.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
-    'efficientformerv2_s1.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
-    'efficientformerv2_s2.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
-    'efficientformerv2_l.snap_dist_in1k': _cfg(hf_hub_id='timm/'),
+    'efficientformerv2_s0.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1.conv'),
+    'efficientformerv2_s1.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1.conv'),
+    'efficientformerv2_s2.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1.conv'),
+    'efficientformerv2_l.snap_dist_in1k': pretrained_cfg(first_conv='stem.conv1.conv'),
 })
 
 

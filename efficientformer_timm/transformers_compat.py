@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple, Union
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .checkpoint import load_checkpoint
-from .efficientformer import EFFICIENTFORMER_ARCHS
+from .variants import EFFICIENTFORMER_ARCHS
 
 __all__ = ['model_args_from_transformers_config', 'create_model_from_transformers', 'data_config']
 

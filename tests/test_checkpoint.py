@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from efficientformer_timm import CheckpointError, load_checkpoint
 from efficientformer_timm._bias import relative_offset_index
 from efficientformer_timm.checkpoint import detect_format, infer_model_name, timm_to_original
-from conftest import ALL_MODELS, V2_MODELS, randomize_
+from helpers import ALL_MODELS, V2_MODELS, randomize_
 
 TOOLS = os.path.join(os.path.dirname(__file__), '..', 'tools')
 

@@ -15,7 +15,7 @@ from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm.mm import EfficientFormerBackbone
 
 pytestmark = pytest.mark.mm  # noqa: E402
-from conftest import randomize_  # noqa: E402
+from helpers import randomize_
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', '*.py')))

@@ -10,7 +10,7 @@ import timm.models.efficientformer_v2 as timm_v2
 
 from efficientformer_timm import EfficientFormer, EfficientFormerV2
 from efficientformer_timm._bias import relative_offset_index
-from conftest import ALL_MODELS, randomize_
+from helpers import ALL_MODELS, randomize_
 
 WIDTHS = {
     'efficientformer_l1': [48, 96, 224, 448], 'efficientformer_l3': [64, 128, 320, 512],

@@ -1,5 +1,6 @@
 """The speed-ups keep the numbers (fusion, bias cache) and export paths work."""
 import copy
+import types
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from efficientformer_timm._bias import antialiased_bicubic_weights
 from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm.fuse import fuse_batchnorm, timm_state_dict
-from conftest import ALL_MODELS, randomize_
+from helpers import ALL_MODELS, randomize_
 
 EXPORT_ONNX = os.path.join(os.path.dirname(__file__), '..', 'tools', 'export_onnx.py')
 
@@ -52,9 +53,9 @@ def test_fuse_bn_option_loads_then_fuses(tmp_path):
 def test_cached_bias_equals_resize_every_forward(name):
     model = randomize_(timm.create_model(name, features_only=True)).eval()
     reference = copy.deepcopy(model)
-    for m in reference.modules():
-        if hasattr(m, 'cache_attention_bias'):
-            m.cache_attention_bias = False
+    for m in reference.modules():  # the reference computes the bias at every forward
+        if hasattr(m, 'attention_bias_cache'):
+            m.attention_bias = types.MethodType(lambda self, grid, dtype: self._compute_attention_bias(grid).to(dtype), m)
     x = torch.randn(1, 3, 320, 480)
     with torch.no_grad():
         model(x)  # fills the cache

@@ -11,7 +11,7 @@ from timm.models import adapt_input_conv, create_feature_extractor
 
 from efficientformer_timm import CheckpointError
 from efficientformer_timm.checkpoint import infer_model_name, timm_to_original
-from conftest import ALL_MODELS, V1_MODELS, randomize_
+from helpers import ALL_MODELS, V1_MODELS, randomize_
 
 STRIDES = (4, 8, 16, 32)
 SIZES = [(224, 224), (96, 160)]

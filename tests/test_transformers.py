@@ -10,7 +10,7 @@ from transformers import (EfficientFormerConfig, EfficientFormerForImageClassifi
 
 from efficientformer_timm.transformers_compat import (
     create_model_from_transformers, data_config, model_args_from_transformers_config)
-from conftest import randomize_
+from helpers import randomize_
 
 CONFIGS = {
     # WithTeacher sizes its heads from ``hidden_size``, which the config class does not default

@@ -38,9 +38,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import efficientformer_timm  # noqa: F401
 from efficientformer_timm._bias import GridAttentionBias, relative_offset_index
 from efficientformer_timm.fuse import fuse_batchnorm
+from efficientformer_timm.variants import MODEL_NAMES
 
-DEFAULT_MODELS = ['efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7', 'efficientformerv2_s0',
-                  'efficientformerv2_s1', 'efficientformerv2_s2', 'efficientformerv2_l']
+DEFAULT_MODELS = list(MODEL_NAMES)
 
 
 def parse_size(text):
@@ -81,7 +81,6 @@ def use_authors_dense_bias(model, side):
                                   mode='bicubic', align_corners=False)[0].flatten(1)
         module.dense_table = table
         module.dense_index = relative_offset_index((side, side), module.query_stride)
-        module.cache_attention_bias = False
 
         def dense_bias(self, grid):
             stride = self.query_stride
@@ -90,16 +89,22 @@ def use_authors_dense_bias(model, side):
             return F.interpolate(matrix[None], size=(queries, grid[0] * grid[1]), mode='bicubic',
                                  align_corners=False)[0]
         module._compute_attention_bias = types.MethodType(dense_bias, module)
+    return resize_every_forward(model)
+
+
+def resize_every_forward(model):
+    """Skip the eval bias cache: each forward computes the bias again (the no-cache reference)."""
+    for module in model.modules():
+        if isinstance(module, GridAttentionBias):
+            module.attention_bias = types.MethodType(
+                lambda self, grid, dtype: self._compute_attention_bias(grid).to(dtype), module)
     return model
 
 
 def build_variants(name, size, device, compile_model=False):
     ours = timm.create_model(name, features_only=True).eval()
     fused = fuse_batchnorm(copy.deepcopy(ours))
-    resize = copy.deepcopy(ours)
-    for m in resize.modules():
-        if isinstance(m, GridAttentionBias):
-            m.cache_attention_bias = False
+    resize = resize_every_forward(copy.deepcopy(ours))
     resnet = timm.create_model('resnet50', features_only=True).eval()
     variants = {'ours': ours, 'ours_fused': fused, 'ours_fused_channels_last': ChannelsLast(copy.deepcopy(fused)),
                 'resize_table_every_forward': resize,

@@ -14,9 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientformer_timm  # noqa: F401
+from efficientformer_timm.variants import MODEL_NAMES
 
-MODELS = ['efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7', 'efficientformerv2_s0',
-          'efficientformerv2_s1', 'efficientformerv2_s2', 'efficientformerv2_l']
+MODELS = list(MODEL_NAMES)
 
 
 @torch.no_grad()

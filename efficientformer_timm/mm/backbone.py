@@ -11,11 +11,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import CheckpointError, LoadReport, convert_state_dict, unwrap_state_dict
-
-MODEL_NAMES = (
-    'efficientformer_l1', 'efficientformer_l3', 'efficientformer_l7',
-    'efficientformerv2_s0', 'efficientformerv2_s1', 'efficientformerv2_s2', 'efficientformerv2_l',
-)
+from ..variants import MODEL_NAMES
 
 
 @MODELS.register_module()

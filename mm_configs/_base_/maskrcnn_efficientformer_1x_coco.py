@@ -7,12 +7,8 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    './efficientformer_runtime.py',
 ]
-custom_imports = dict(imports=['efficientformer_timm.mm'], allow_failed_imports=False)
-# mmengine's Runner, plus `--launcher pytorch` on CPU-only machines (gloo, SyncBN as BN)
-runner_type = 'EfficientFormerRunner'
-# a NaN / Inf loss stops the run before a poisoned checkpoint is saved; --resume restores the random state
-custom_hooks = [dict(type='StopOnInvalidLossHook'), dict(type='ResumeRandomStateHook')]
 
 data_root = '{{$COCO_ROOT:data/coco/}}'
 

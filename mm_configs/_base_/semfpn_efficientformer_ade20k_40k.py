@@ -7,12 +7,8 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/schedules/schedule_40k.py',
     'mmseg::_base_/default_runtime.py',
+    './efficientformer_runtime.py',
 ]
-custom_imports = dict(imports=['efficientformer_timm.mm'], allow_failed_imports=False)
-# mmengine's Runner, plus `--launcher pytorch` on CPU-only machines (gloo, SyncBN as BN)
-runner_type = 'EfficientFormerRunner'
-# a NaN / Inf loss stops the run before a poisoned checkpoint is saved; --resume restores the random state
-custom_hooks = [dict(type='StopOnInvalidLossHook'), dict(type='ResumeRandomStateHook')]
 
 data_root = '{{$ADE20K_ROOT:data/ade/ADEChallengeData2016}}'
 crop_size = (512, 512)

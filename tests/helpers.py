@@ -1,0 +1,27 @@
+"""Shared test helpers: the model names and random weights that exercise every tensor."""
+import torch
+
+from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES, V2_MODEL_NAMES
+
+V1_MODELS = list(V1_MODEL_NAMES)
+V2_MODELS = list(V2_MODEL_NAMES)
+ALL_MODELS = list(MODEL_NAMES)
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and float buffer (BN statistics, attention biases, layer scales) random values,
+    so that parity checks exercise all of them rather than their zero / one initialisation."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if not tensor.is_floating_point():
+            continue
+        if name.endswith('running_var'):
+            tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+        elif name.endswith(('gamma', 'layer_scale_1', 'layer_scale_2')):
+            tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.1)
+        elif name.endswith('attention_biases'):
+            tensor.copy_(torch.randn(tensor.shape, generator=gen))
+        else:
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+    return model
