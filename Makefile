@@ -9,7 +9,7 @@ PYTHON_LATEST := $(VENV_LATEST)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_LATEST := $(VENV_LATEST)/.installed
 # the tests that need no OpenMMLab stack: models, checkpoints, export, timm drop-in, transformers parity
-CORE_TESTS := -m "not mm" tests/test_models.py tests/test_checkpoint.py tests/test_performance.py \
+CORE_TESTS := -m "not mm" tests/test_models.py tests/test_checkpoint.py tests/test_fusion_export.py \
 	tests/test_reliability.py tests/test_timm_compat.py tests/test_transformers.py tests/test_packaging.py
 
 .PHONY: install demo test test-verified test-latest benchmark clean

@@ -100,6 +100,27 @@ class EfficientFormerBase(nn.Module):
     pool_dims = ()
     head_needs_last_stage = False
 
+    def _init_model(self, in_chans: int, num_classes: int, global_pool: str, num_stages: int):
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_stages = num_stages
+
+    def _init_features(self, embed_dims: Tuple[int, ...], downsamples: Tuple[bool, ...],
+                       feature_norm_layer: Optional[Callable]):
+        """``feature_info`` (strides from the stride-4 stem and the downsampling stages) and, with a
+        ``feature_norm_layer``, the per-output norms that ``forward_intermediates`` applies."""
+        self.feature_info = []
+        reduction = 4
+        for i, dim in enumerate(embed_dims):
+            reduction *= 2 if downsamples[i] else 1
+            module = f'feature_norms.{i}' if feature_norm_layer else f'stages.{i}'
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=module))
+        self.feature_norms = nn.ModuleList(
+            [feature_norm_layer(dim) for dim in embed_dims]) if feature_norm_layer else None
+
     def _check_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_scripting():
             check_image_batch(x, self.in_chans, next(self.stem.parameters()).dtype)

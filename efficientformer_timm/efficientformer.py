@@ -189,12 +189,7 @@ class EfficientFormer(EfficientFormerBase):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_stages = len(depths)
+        self._init_model(in_chans, num_classes, global_pool, len(depths))
         norm_layer_cl = partial(nn.LayerNorm, eps=layer_norm_eps)
         attn_kwargs = dict(key_dim=attn_key_dim, num_heads=attn_num_heads, attn_ratio=attn_ratio,
                            resolution=attn_resolution)
@@ -203,8 +198,7 @@ class EfficientFormer(EfficientFormerBase):
         dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
         downsamples = downsamples or (False,) + (True,) * (self.num_stages - 1)
         stages = []
-        self.feature_info = []
-        prev_dim, reduction = embed_dims[0], 4
+        prev_dim = embed_dims[0]
         for i in range(self.num_stages):
             stages.append(EfficientFormerStage(
                 prev_dim, embed_dims[i], depths[i], downsample=downsamples[i],
@@ -213,12 +207,8 @@ class EfficientFormer(EfficientFormerBase):
                 proj_drop=proj_drop_rate, drop_path=dpr[i], layer_scale_init_value=layer_scale_init_value,
                 attn_kwargs=attn_kwargs, **dd))
             prev_dim = embed_dims[i]
-            reduction *= 2 if downsamples[i] else 1
-            module = f'feature_norms.{i}' if feature_norm else f'stages.{i}'
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=module))
         self.stages = nn.Sequential(*stages)
-        self.feature_norms = nn.ModuleList(
-            [nn.GroupNorm(1, d, **dd) for d in embed_dims]) if feature_norm else None
+        self._init_features(embed_dims, downsamples, partial(nn.GroupNorm, 1, **dd) if feature_norm else None)
 
         self.norm = norm_layer_cl(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)

@@ -235,26 +235,19 @@ class EfficientFormerV2(EfficientFormerBase):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_stages = len(depths)
+        self._init_model(in_chans, num_classes, global_pool, len(depths))
         # the biases were trained for this grid; other input sizes resize them
         pretrain_size = img_size if isinstance(img_size, int) else img_size[0]
         norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
         act_layer = get_act_layer(act_layer)
 
         self.stem = Stem4(in_chans, embed_dims[0], act_layer=act_layer, norm_layer=norm_layer, **dd)
-        num_stages = len(depths)
         dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
-        downsamples = downsamples or (False,) + (True,) * (num_stages - 1)
-        mlp_ratios = to_ntuple(num_stages)(mlp_ratios)
+        downsamples = downsamples or (False,) + (True,) * (self.num_stages - 1)
+        mlp_ratios = to_ntuple(self.num_stages)(mlp_ratios)
         stages = []
-        self.feature_info = []
         prev_dim, stride = embed_dims[0], 4
-        for i in range(num_stages):
+        for i in range(self.num_stages):
             stages.append(EfficientFormerV2Stage(
                 prev_dim, embed_dims[i], depth=depths[i], resolution=ceil_div(pretrain_size, stride),
                 downsample=downsamples[i], block_stride=2 if i == 2 else None, downsample_use_attn=i >= 3,
@@ -263,11 +256,8 @@ class EfficientFormerV2(EfficientFormerBase):
                 norm_layer=norm_layer, **dd))
             stride *= 2 if downsamples[i] else 1
             prev_dim = embed_dims[i]
-            module = f'feature_norms.{i}' if feature_norm else f'stages.{i}'
-            self.feature_info.append(dict(num_chs=prev_dim, reduction=stride, module=module))
         self.stages = nn.Sequential(*stages)
-        self.feature_norms = nn.ModuleList(
-            [norm_layer(d, **dd) for d in embed_dims]) if feature_norm else None
+        self._init_features(embed_dims, downsamples, partial(norm_layer, **dd) if feature_norm else None)
 
         self.norm = norm_layer(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
