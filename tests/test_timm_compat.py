@@ -22,6 +22,17 @@ def _stock(name, **kwargs):
     return getattr(timm_v2 if 'v2' in name else timm_v1, name)(**kwargs)
 
 
+def _assert_checks_input(model):
+    with pytest.raises(ValueError, match='expected 3 input channels'):
+        model(torch.randn(1, 4, 96, 96))
+
+
+def _assert_caches_eval_bias(model):
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 160))
+    assert any(m.attention_bias_cache for m in model.modules() if hasattr(m, 'attention_bias_cache'))
+
+
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_torchscript_equals_eager(name):
     model = randomize_(timm.create_model(name, drop_path_rate=0.)).eval()
@@ -38,11 +49,8 @@ def test_torchscript_equals_eager(name):
             for a, b in zip(scripted_features(x), eager):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     # the eager model keeps its input checks and its eval bias cache after being scripted
-    with pytest.raises(ValueError, match='expected 3 input channels'):
-        model(torch.randn(1, 4, 96, 96))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 224, 224))
-    assert any(m.attention_bias_cache for m in model.modules() if hasattr(m, 'attention_bias_cache'))
+    _assert_checks_input(model)
+    _assert_caches_eval_bias(model)
 
 
 def _stage_outputs(model, x):
@@ -71,12 +79,9 @@ def test_fx_equals_eager(name):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
             for a, b in zip(fx_features(x), expected):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    # the traced graph keeps the input check (a timm no-trace leaf), the eager model its cache
-    with pytest.raises(ValueError, match='expected 3 input channels'):
-        graph(torch.randn(1, 4, 96, 96))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 96, 160))
-    assert any(m.attention_bias_cache for m in model.modules() if hasattr(m, 'attention_bias_cache'))
+    # the traced graph keeps the input check (one leaf call in the graph), the eager model its cache
+    _assert_checks_input(graph)
+    _assert_caches_eval_bias(model)
 
 
 def _save(state, path, fmt):
