@@ -19,8 +19,9 @@ torch.fx.wrap('check_image_batch')
 
 
 def ceil_div(size: int, stride: int) -> int:
-    """Output size of a stride-``stride`` step that rounds up (every strided conv here pads to keep the edge)."""
-    return -(-size // stride)
+    """Output size of a stride-``stride`` step that rounds up (every strided conv here pads to keep the edge).
+    No negation: torch.export cannot bound ``-(-size // stride)`` for a symbolic size."""
+    return (size + stride - 1) // stride
 
 
 def pretrained_cfg(first_conv: str, **kwargs) -> dict:
