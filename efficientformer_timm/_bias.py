@@ -123,7 +123,7 @@ class GridAttentionBias(nn.Module):
     def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._compute_attention_bias(grid).to(dtype)
-        else:
+        else:  # TorchScript compiles no else branch of is_scripting(): the cache (string keys) stays Python-only
             if self.training or tracing_or_compiling():
                 return self._compute_attention_bias(grid).to(dtype)
             return self._cached_attention_bias(grid, dtype)

@@ -25,6 +25,7 @@ from .variants import EFFICIENTFORMER_ARCHS
 
 __all__ = ['EfficientFormer', 'EFFICIENTFORMER_ARCHS']
 
+
 class Attention(GridAttentionBias):
     """Multi-head self-attention over (B, N, C) tokens laid out on a ``grid`` of H x W = N."""
 

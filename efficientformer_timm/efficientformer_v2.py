@@ -10,7 +10,7 @@ Paper: `Rethinking Vision Transformers for MobileNet Size and Speed` - https://a
 Based on timm's implementation (Ross Wightman) of the Apache 2.0 code of snap-research/EfficientFormer.
 """
 from functools import partial
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from ._common import EfficientFormerBase, build_efficientformer, ceil_div, check
 from .variants import EFFICIENTFORMERV2_ARCHS
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
+
 
 class Attention2d(GridAttentionBias):
     """Attention over a NCHW map with talking heads; ``stride=2`` attends on a strided copy and upsamples
