@@ -1,7 +1,8 @@
 """The speed-ups keep the numbers (fusion, bias cache) and export paths work."""
 import copy
-import types
+import importlib.util
 import os
+import types
 import subprocess
 import sys
 
@@ -121,7 +122,7 @@ def test_onnx_export_runs_any_size_in_onnxruntime(name, fmt, fuse, tmp_path):
             np.testing.assert_allclose(g, e.numpy(), rtol=0, atol=1e-4)
 
     # a check that fails leaves no file behind
-    strict = subprocess.run(args + ['--atol', '0'], capture_output=True, text=True, cwd=tmp_path)
+    strict = subprocess.run(args + ['--atol', '0', '--rtol', '0'], capture_output=True, text=True, cwd=tmp_path)
     assert strict.returncode == 1 and 'not written' in strict.stderr
     assert sorted(os.listdir(tmp_path)) == ['features.onnx', 'weights.pth']
 
@@ -139,6 +140,34 @@ def test_torch_compile_dynamic_shapes(name):
             for a, b in zip(compiled(x), model(x)):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert counters['stats']['unique_graphs'] == 1  # one graph serves every size: no recompilation
+
+
+def _export_onnx_module():
+    spec = importlib.util.spec_from_file_location('export_onnx', EXPORT_ONNX)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_onnx_check_is_relative_to_each_output_scale(tmp_path):
+    """Large activations (here up to about 1e7) differ from PyTorch by more than any fixed absolute tolerance in
+    fp32, yet the graph is right: the check accepts it. The same file checked against other weights is refused."""
+    export_onnx = _export_onnx_module()
+    model = randomize_(timm.create_model('efficientformerv2_s0', features_only=True, out_indices=(2, 3))).eval()
+    with torch.no_grad():
+        model.stages_2.blocks[-1].ls2.gamma.mul_(1e6)
+        model.stages_3.blocks[-1].ls2.gamma.mul_(1e6)
+    path = str(tmp_path / 'large.onnx')
+    export_onnx.export(model, path)
+    sizes = [(224, 224), (160, 224)]
+    results = export_onnx.check(model, path, sizes)
+    assert max(diff for _, _, diff, _ in results) > 1e-4  # an absolute tolerance would refuse this correct graph
+    assert max(ratio for _, _, _, ratio in results) <= 1
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in other.stages_3.parameters():
+            param.mul_(1.01)
+    assert max(ratio for _, _, _, ratio in export_onnx.check(other, path, sizes)) > 1
 
 
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformer_l3'])
