@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from timm.models import adapt_input_conv, create_feature_extractor
 
-from efficientformer_timm import CheckpointError
+from efficientformer_timm import CheckpointError, load_checkpoint
 from efficientformer_timm.checkpoint import infer_model_name, timm_to_original
 from helpers import ALL_MODELS, V1_MODELS, randomize_
 
@@ -120,11 +120,10 @@ def test_pretrained_with_any_in_chans(name, fmt, suffix, in_chans, tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
-def test_load_checkpoint_adapts_the_stem_like_timm(tmp_path):
-    from efficientformer_timm import load_checkpoint
+def test_load_checkpoint_adapts_the_stem_like_timm():
     source = randomize_(timm.create_model('efficientformer_l3')).state_dict()
     model = timm.create_model('efficientformer_l3', in_chans=1)
-    report = load_checkpoint(model, {'model': timm_to_original(source)}['model'])
+    report = load_checkpoint(model, timm_to_original(source))  # the authors' layout
     assert 'stem.conv1.weight' in report.loaded
     torch.testing.assert_close(model.stem.conv1.weight, adapt_input_conv(1, source['stem.conv1.weight']))
 
