@@ -43,13 +43,22 @@ class Attention(GridAttentionBias):
         self.proj = nn.Linear(self.val_attn_dim, dim, **dd)
         self._init_attention_bias(num_heads, (resolution, resolution), **dd)
 
-    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> List[torch.Tensor]:
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        return qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self._qkv(x)
         x = biased_attention(q, k, v, self.attention_bias(grid, q.dtype), self.scale)
         x = x.transpose(1, 2).reshape(B, N, self.val_attn_dim)
         return self.proj(x)
+
+    def attention_probs(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """The (B, heads, N, N) attention weights that ``forward`` applies (transformers' ``attentions``)."""
+        q, k, _ = self._qkv(x)
+        return ((q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(grid, q.dtype)).softmax(dim=-1)
 
 
 class GridMetaBlock2d(MetaBlock2d):

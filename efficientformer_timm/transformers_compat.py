@@ -27,7 +27,7 @@ __all__ = ['model_args_from_transformers_config', 'create_model_from_transformer
 # transformers config fields that must keep these values: our models have no switch for them
 _FIXED = dict(
     use_layer_scale=True, pool_size=3, downsample_patch_size=3, downsample_stride=2, downsample_pad=1,
-    batch_norm_eps=1e-5, num_channels=3)
+    batch_norm_eps=1e-5)
 
 
 def _config_dict(config: Union[str, os.PathLike, Dict[str, Any], Any]) -> Dict[str, Any]:
@@ -79,6 +79,7 @@ def model_args_from_transformers_config(config) -> Tuple[str, Dict[str, Any]]:
         drop_path_rate=cfg.get('drop_path_rate', 0.),
         proj_drop_rate=cfg.get('hidden_dropout_prob', 0.),
         num_classes=num_labels,
+        in_chans=cfg.get('num_channels', 3),
         distillation=any(a.endswith('WithTeacher') for a in architectures),
     )
     name = 'efficientformer_l1'

@@ -37,12 +37,12 @@ verified)
     # openmim's own pins downgrade setuptools: install it without them.
     pip install -q --no-deps openmim==0.3.9
     pip install -q click colorama model-index pandas requests rich tabulate
-    pip install -q -c "$CONSTRAINTS" -e ".[mm,test]"
+    pip install -q -c "$CONSTRAINTS" -e ".[mm,test,reference]"
     ;;
 latest)
     pip install -q --upgrade torch torchvision timm
     before=$(torch_version)
-    pip install -q -e ".[test]"
+    pip install -q -e ".[test,hf]"
     after=$(torch_version)
     if [ "$before" != "$after" ]; then
         echo "installing efficientformer-timm changed torch $before -> $after" >&2
