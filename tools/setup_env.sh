@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds a virtual environment for `make demo` / `make test`.
-#   STACK=verified (default): the verified stack of tools/constraints.txt, with the OpenMMLab adapter; mmcv 2.1.0
-#     is compiled once per machine into a wheel cache that outlives the clone.
-#   STACK=latest: the newest torch, torchvision and timm from the registry, then this package (core and export
-#     extras), which must leave that torch as it is.
+#   STACK=verified (default): the verified stack of tools/constraints.txt, with the OpenMMLab adapter and
+#     transformers 4.40.2 (the reference of the transformers tests); mmcv 2.1.0 is compiled once per machine into
+#     a wheel cache that outlives the clone.
+#   STACK=latest: the newest torch, torchvision and timm from the registry, then this package with the export,
+#     test and hf (transformers 5) extras, which must leave that torch as it is.
 # Both fetch the source distribution of their timm version (its tests/ folder) for tools/run_timm_tests.py.
 set -euo pipefail
 VENV=${VENV:-.venv}

@@ -51,9 +51,12 @@ OUTPUT_NAMES = ('logits', 'cls_logits', 'distillation_logits', 'last_hidden_stat
 
 
 def outputs_of(model, pixel_values):
+    """Every output of the model, and the base model's ``last_hidden_state`` for the heads."""
     with torch.no_grad():
         out = model(pixel_values, output_hidden_states=True, output_attentions=True)
-    return {name: out[name] for name in OUTPUT_NAMES if name in out}
+        base = getattr(model, 'efficientformer', model)
+        last_hidden_state = base(pixel_values).last_hidden_state
+    return dict({name: out[name] for name in OUTPUT_NAMES if name in out}, last_hidden_state=last_hidden_state)
 
 
 def make(root):

@@ -1,0 +1,303 @@
+"""efficientformer_timm.hf on transformers 5, against transformers 4.40.2 itself.
+
+4.40.2 cannot be imported next to transformers 5: ``tools/transformers_reference.py`` runs under the interpreter
+that has it (``EFT_REFERENCE_PYTHON``, by default the verified stack's ``.venv``), writes folders saved by 4.40.2
+with its outputs and preprocessing, and loads folders saved here back in 4.40.2.
+"""
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import timm
+from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline)
+
+import efficientformer_timm.hf as hf
+from efficientformer_timm.transformers_compat import create_model_from_transformers, model_args_from_transformers_config
+
+pytestmark = pytest.mark.hf
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+TOOL = os.path.join(ROOT, 'tools', 'transformers_reference.py')
+CASES = ['l1_teacher_safetensors', 'l1_teacher_bin', 'l3_teacher_safetensors', 'l1_classifier_bin',
+         'l3_classifier_safetensors']
+EXACT = dict(rtol=0, atol=1e-5)
+
+
+def _reference_python() -> str:
+    python = os.environ.get('EFT_REFERENCE_PYTHON', os.path.join(ROOT, '.venv', 'bin', 'python'))
+    if not os.path.isfile(python):
+        pytest.fail(f'no interpreter with transformers 4.40.2 at {python}: run `make install` (the verified stack) '
+                    'or set EFT_REFERENCE_PYTHON')
+    return python
+
+
+def _run_reference(command: str, folder) -> str:
+    done = subprocess.run([_reference_python(), TOOL, command, str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.fixture(scope='session')
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp('transformers_4.40.2')
+    _run_reference('make', root)
+    return root
+
+
+def _assert_outputs_equal(out, expected: dict):
+    for name, value in expected.items():
+        got = out[name]
+        if isinstance(value, tuple):
+            assert len(got) == len(value), name
+            for a, b in zip(got, value):
+                torch.testing.assert_close(a, b, **EXACT)
+        else:
+            torch.testing.assert_close(got, value, **EXACT)
+
+
+def _run(model, pixel_values):
+    with torch.no_grad():
+        return model.eval()(pixel_values, output_hidden_states=True, output_attentions=True)
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_from_pretrained_of_440_folders(reference, case):
+    folder = reference / case
+    model, info = AutoModelForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert type(model).__name__ == json.loads((folder / 'config.json').read_text())['architectures'][0]
+    assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys']
+    ref = torch.load(folder / 'reference.pt')
+    expected = dict(ref['outputs'])
+    last_hidden_state = expected.pop('last_hidden_state')
+    _assert_outputs_equal(_run(model, ref['pixel_values']), expected)
+
+    base = AutoModel.from_pretrained(folder)
+    assert isinstance(base, hf.EfficientFormerModel)
+    out = _run(base, ref['pixel_values'])
+    torch.testing.assert_close(out.last_hidden_state, last_hidden_state, **EXACT)
+
+
+def test_reference_counts_every_layer_norm_eps(reference):
+    """The reference weights make the LayerNorm eps visible: timm's 1e-5 instead of 4.40.2's 1e-12 fails."""
+    folder = reference / 'l1_teacher_safetensors'
+    ref = torch.load(folder / 'reference.pt')
+    model = hf.EfficientFormerForImageClassificationWithTeacher.from_pretrained(folder, layer_norm_eps=1e-5)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(_run(model, ref['pixel_values']).logits, ref['outputs']['logits'], **EXACT)
+
+
+def test_save_pretrained_loads_in_440(reference, tmp_path):
+    """Folders written here (loaded ones and fresh models; transformers 5 writes model.safetensors) load in 4.40.2
+    with every key and equal outputs."""
+    pixel_values = torch.randn(2, 3, 224, 224)
+    models = {case: AutoModelForImageClassification.from_pretrained(reference / case) for case in CASES[2:]}
+    fresh = hf.EfficientFormerConfig(architectures=['EfficientFormerForImageClassificationWithTeacher'],
+                                     num_labels=5)
+    models['fresh_teacher'] = AutoModelForImageClassification.from_config(fresh)
+    models['base_model'] = AutoModel.from_config(hf.EfficientFormerConfig(depths=[2, 2, 4, 3], num_meta3d_blocks=2))
+    for name, model in models.items():
+        for p in model.parameters():  # trained-looking values, not the initialisation
+            p.data.add_(torch.randn_like(p) * 0.01)
+        model.save_pretrained(tmp_path / name)
+        out = _run(model, pixel_values)
+        outputs = {n: out[n] for n in ('logits', 'cls_logits', 'distillation_logits', 'hidden_states', 'attentions')
+                   if n in out}
+        outputs['last_hidden_state'] = _run(getattr(model, 'efficientformer', model), pixel_values).last_hidden_state
+        torch.save({'pixel_values': pixel_values, 'outputs': outputs}, tmp_path / name / 'expected.pt')
+    assert (tmp_path / 'base_model' / 'model.safetensors').exists()
+    assert '4.40.2 loads' in _run_reference('check', tmp_path)
+
+
+def test_any_input_size_agrees_with_the_timm_model(reference):
+    folder = reference / 'l3_teacher_safetensors'
+    model = hf.EfficientFormerForImageClassificationWithTeacher.from_pretrained(folder).eval()
+    timm_model = create_model_from_transformers(folder).eval()
+    for size in [(64, 64), (320, 256), (97, 181)]:
+        x = torch.randn(1, 3, *size)
+        out = _run(model, x)
+        last_hidden_state = _run(model.efficientformer, x).last_hidden_state
+        grid = -(-size[0] // 32) * -(-size[1] // 32)
+        assert last_hidden_state.shape == (1, grid, 512)
+        assert out.attentions[0].shape == (1, 8, grid, grid)
+        with torch.no_grad():
+            cls_logits, dist_logits = timm_model.forward_cls_and_dist(x)
+            torch.testing.assert_close(out.cls_logits, cls_logits, **EXACT)
+            torch.testing.assert_close(out.distillation_logits, dist_logits, **EXACT)
+            torch.testing.assert_close(last_hidden_state, timm_model.forward_features(x), **EXACT)
+            for a, b in zip(out.hidden_states, timm_model.forward_hidden_states(x)):
+                torch.testing.assert_close(a, b, **EXACT)
+
+
+def test_return_dict_false_tuples(reference):
+    folder = reference / 'l1_teacher_bin'
+    ref = torch.load(folder / 'reference.pt')
+    x = ref['pixel_values']
+    teacher = hf.EfficientFormerForImageClassificationWithTeacher.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits, cls_logits, dist_logits, hidden_states = teacher(x, output_hidden_states=True, return_dict=False)
+        torch.testing.assert_close(logits, ref['outputs']['logits'], **EXACT)
+        torch.testing.assert_close(dist_logits, ref['outputs']['distillation_logits'], **EXACT)
+        assert len(hidden_states) == 8
+        last, attentions = teacher.efficientformer(x, output_attentions=True, return_dict=False)
+        torch.testing.assert_close(last, ref['outputs']['last_hidden_state'], **EXACT)
+        torch.testing.assert_close(attentions[0], ref['outputs']['attentions'][0], **EXACT)
+        classifier = hf.EfficientFormerForImageClassification(teacher.config).eval()
+        loss, logits = classifier(x, labels=torch.tensor([1, 2]), return_dict=False)
+        assert loss.ndim == 0 and logits.shape == (2, 10)
+
+
+def test_losses_as_440_chooses_them():
+    x = torch.randn(2, 3, 96, 96)
+    regression = hf.EfficientFormerForImageClassification(hf.EfficientFormerConfig(num_labels=1))
+    out = regression(x, labels=torch.tensor([0.5, -1.0]))
+    assert regression.config.problem_type == 'regression'
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(), torch.tensor([0.5, -1.0])))
+
+    single = hf.EfficientFormerForImageClassification(hf.EfficientFormerConfig(num_labels=4))
+    out = single(x, labels=torch.tensor([3, 0]))
+    assert single.config.problem_type == 'single_label_classification'
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, torch.tensor([3, 0])))
+    out.loss.backward()
+    assert single.efficientformer.patch_embed.convolution1.weight.grad.abs().sum() > 0
+
+    multi = hf.EfficientFormerForImageClassification(hf.EfficientFormerConfig(num_labels=4))
+    targets = torch.tensor([[1., 0., 1., 0.], [0., 0., 0., 1.]])
+    out = multi(x, labels=targets)
+    assert multi.config.problem_type == 'multi_label_classification'
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+
+
+def test_attentions_stay_in_the_graph():
+    model = hf.EfficientFormerModel(hf.EfficientFormerConfig()).train()
+    out = model(torch.randn(1, 3, 128, 128), output_attentions=True)
+    assert out.attentions[0].shape == (1, 8, 16, 16) and out.attentions[0].grad_fn is not None
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 8, 16))
+
+
+def test_auto_classes_follow_architectures():
+    config = AutoConfig.for_model('efficientformer')
+    assert isinstance(config, hf.EfficientFormerConfig) and config.hidden_size == 448
+    assert type(AutoModelForImageClassification.from_config(config)) is hf.EfficientFormerForImageClassification
+    config.architectures = ['EfficientFormerForImageClassificationWithTeacher']
+    assert type(AutoModelForImageClassification.from_config(config)) is \
+        hf.EfficientFormerForImageClassificationWithTeacher
+
+
+def test_config_helpers_agree_with_the_classes():
+    config = hf.EfficientFormerConfig(depths=[4, 4, 12, 6], hidden_sizes=[64, 128, 320, 512], dim=512,
+                                      num_meta3d_blocks=4, num_labels=3, num_channels=4)
+    name, kwargs = model_args_from_transformers_config(config)
+    assert name == 'efficientformer_l3' and kwargs['in_chans'] == 4 and kwargs['layer_norm_eps'] == 1e-12
+    model = hf.EfficientFormerForImageClassification(config).eval()
+    timm_model = timm.create_model(name, **dict(kwargs, distillation=False)).eval()
+    missing, unexpected = timm_model.load_state_dict(model.efficientformer.body.state_dict(), strict=False)
+    assert sorted(missing) == ['head.bias', 'head.weight'] and not unexpected
+    timm_model.head.load_state_dict(model.classifier.state_dict())
+    x = torch.randn(1, 4, 160, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, timm_model(x), **EXACT)
+
+
+def test_documented_defaults_differences():
+    config = hf.EfficientFormerConfig()
+    assert config.hidden_dropout_prob == 0.0 and config.layer_norm_eps == 1e-12 and config.hidden_size == 448
+    processor = hf.EfficientFormerImageProcessor()
+    assert processor.resample == 3 and list(processor.image_mean) == [0.485, 0.456, 0.406]
+
+
+def _photos(reference):
+    data = torch.load(reference / 'photos' / 'processors.pt')
+    names = next(iter(data['pixel_values'].values())).keys()
+    return data, {name: Image.open(reference / 'photos' / name) for name in names}
+
+
+def test_image_processor_is_pixel_identical_on_photographs(reference):
+    data, photos = _photos(reference)
+    for processor_name, kwargs in data['kwargs'].items():
+        processor = hf.EfficientFormerImageProcessor(**kwargs)
+        from_folder = AutoImageProcessor.from_pretrained(reference / 'photos' / f'processor_{processor_name}')
+        assert type(from_folder) is hf.EfficientFormerImageProcessor
+        expected = data['pixel_values'][processor_name]
+        for name, image in photos.items():
+            for p in (processor, from_folder):
+                pixels = p(image, return_tensors='pt')['pixel_values'][0]
+                torch.testing.assert_close(pixels, expected[name], rtol=0, atol=1e-6)
+        # numpy and torch input, a list of images, numpy output
+        arrays = [np.asarray(image) for image in photos.values()]
+        batch = processor(arrays, return_tensors='np')['pixel_values']
+        assert isinstance(batch, np.ndarray) and batch.shape[0] == len(arrays)
+        tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
+        for pixels, name in zip(processor(tensors, return_tensors='pt')['pixel_values'], photos):
+            torch.testing.assert_close(pixels, expected[name], rtol=0, atol=1e-6)
+
+
+def test_torchvision_backend_is_close_to_pil(reference):
+    data, photos = _photos(reference)
+    fast = AutoImageProcessor.from_pretrained(reference / 'photos' / 'processor_snap_research', backend='torchvision')
+    assert type(fast) is hf.EfficientFormerImageProcessorFast
+    for name, image in photos.items():
+        pixels = fast(image, return_tensors='pt')['pixel_values'][0]
+        torch.testing.assert_close(pixels, data['pixel_values']['snap_research'][name], rtol=0, atol=0.1)
+
+
+def test_pipelines(reference):
+    folder = reference / 'l1_teacher_safetensors'
+    image = Image.open(reference / 'photos' / 'grace_hopper.png')
+    classify = pipeline('image-classification', model=str(folder))
+    top = classify(image, top_k=3)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        probs = model(**processor(image, return_tensors='pt')).logits.softmax(-1)[0]
+    best = probs.topk(3)
+    assert [t['label'] for t in top] == [model.config.id2label[i] for i in best.indices.tolist()]
+    np.testing.assert_allclose([t['score'] for t in top], best.values.numpy(), rtol=1e-5)
+
+    features = pipeline('image-feature-extraction', model=str(folder), return_tensors=True)(image)
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(folder)(**processor(image, return_tensors='pt')).last_hidden_state
+    torch.testing.assert_close(features, expected, **EXACT)
+
+
+def test_bad_configs_and_folders(reference, tmp_path):
+    with pytest.raises(ValueError, match="hidden_act='relu' is not supported"):
+        hf.EfficientFormerConfig(hidden_act='relu')
+    with pytest.raises(ValueError, match='use_layer_scale'):
+        hf.EfficientFormerConfig(use_layer_scale=False)
+
+    vit = tmp_path / 'vit'
+    vit.mkdir()
+    (vit / 'config.json').write_text(json.dumps({'model_type': 'vit', 'hidden_size': 768}))
+    with pytest.raises(ValueError, match="holds a 'vit' config, not an EfficientFormer one"):
+        hf.EfficientFormerConfig.from_pretrained(vit)
+    with pytest.raises(ValueError, match="'vit' config"):
+        hf.EfficientFormerForImageClassification.from_pretrained(vit)
+
+    partial = tmp_path / 'partial'
+    source = reference / 'l3_classifier_safetensors'
+    partial.mkdir()
+    (partial / 'config.json').write_text((source / 'config.json').read_text())
+    weights = load_file(source / 'model.safetensors')
+    dropped = [k for k in weights if re.search(r'last_stage\.meta3D_layers\.blocks\.3\.', k)]
+    save_file({k: v for k, v in weights.items() if k not in dropped}, partial / 'model.safetensors',
+              metadata={'format': 'pt'})
+    with pytest.raises(ValueError, match=r'lacks \d+ backbone weights.*meta3D_layers\.blocks\.3'):
+        AutoModelForImageClassification.from_pretrained(partial)
+
+
+def test_new_head_for_fine_tuning_is_allowed(reference):
+    """A base folder loaded into a classifier initialises the new head, as transformers does (not an error)."""
+    folder = reference / 'l1_teacher_bin'
+    model, info = hf.EfficientFormerForImageClassification.from_pretrained(
+        folder, id2label={0: 'cat', 1: 'dog', 2: 'bird'}, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert model.classifier.out_features == 3
+    new_head = list(info['missing_keys']) + [m[0] for m in info['mismatched_keys']]
+    assert new_head and all(k.startswith('classifier.') for k in new_head)
