@@ -4,7 +4,8 @@ transformers documented ``EfficientFormerConfig``, ``EfficientFormerImageProcess
 ``EfficientFormerForImageClassification`` and ``EfficientFormerForImageClassificationWithTeacher`` up to 4.40.2
 and removed them in 5.0. Importing this module defines them again and registers them with ``AutoConfig``,
 ``AutoModel``, ``AutoModelForImageClassification`` (the head follows ``config.architectures``) and
-``AutoImageProcessor``, so code written against those docs, ``pipeline(...)`` included, runs unchanged.
+``AutoImageProcessor`` and adds them to the ``transformers`` namespace, so code written against those docs
+(``from transformers import EfficientFormerModel``, ``pipeline(...)``) runs unchanged.
 
 The models are this package's ``EfficientFormer`` (V1): the same blocks and the attention bias that follows the
 token grid, so any input size runs. They are registered under module names that mirror 4.40.2's containers
@@ -12,6 +13,7 @@ token grid, so any input size runs. They are registered under module names that 
 4.40.2 load and folders saved here load in 4.40.2; the three leaf names that differ are renamed on load and back
 on save by transformers' checkpoint conversion mapping.
 """
+import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
@@ -402,6 +404,12 @@ def _register() -> None:
         pil_default.append(EfficientFormerImageProcessor.__name__)
     register_checkpoint_conversion_mapping(
         MODEL_TYPE, [WeightRenaming(source, target) for source, target in _RENAMES], overwrite=True)
+    # the documented imports (`from transformers import EfficientFormerModel`) work again; transformers' lazy
+    # module may have been replaced in sys.modules while its submodules loaded
+    namespace = sys.modules['transformers']
+    for name in __all__:
+        if not hasattr(namespace, name):
+            setattr(namespace, name, globals()[name])
 
 
 _register()

@@ -231,7 +231,7 @@ def test_image_processor_is_pixel_identical_on_photographs(reference):
                 pixels = p(image, return_tensors='pt')['pixel_values'][0]
                 torch.testing.assert_close(pixels, expected[name], rtol=0, atol=1e-6)
         # numpy and torch input, a list of images, numpy output
-        arrays = [np.asarray(image) for image in photos.values()]
+        arrays = [np.array(image) for image in photos.values()]
         batch = processor(arrays, return_tensors='np')['pixel_values']
         assert isinstance(batch, np.ndarray) and batch.shape[0] == len(arrays)
         tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
@@ -301,3 +301,22 @@ def test_new_head_for_fine_tuning_is_allowed(reference):
     assert model.classifier.out_features == 3
     new_head = list(info['missing_keys']) + [m[0] for m in info['mismatched_keys']]
     assert new_head and all(k.startswith('classifier.') for k in new_head)
+
+
+def test_readme_examples_run_as_written(reference, capsys):
+    """The README's transformers examples, with the hub id and the picture pointed at local files."""
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    section = readme.split("### transformers' EfficientFormer classes, on transformers 5")[1].split('\n### ')[0]
+    blocks = re.findall(r'```python\n(.*?)```', section, re.S)
+    assert len(blocks) == 3
+    folder, photo = reference / 'l1_teacher_safetensors', reference / 'photos' / 'grace_hopper.png'
+    results = []
+    for block in blocks:
+        namespace = {}
+        exec(block.replace('snap-research/efficientformer-l1-300', str(folder)).replace('cat.jpg', str(photo)),
+             namespace)
+        results.append(namespace)
+    assert results[0]['last_hidden_states'].shape == (1, 49, 448)
+    assert capsys.readouterr().out.strip() == results[1]['model'].config.id2label[results[1]['predicted_label']]
+    assert results[2]['outputs'].loss.ndim == 0
+    assert results[2]['model'].classifier.weight.grad is not None
