@@ -3,8 +3,8 @@
 State-dict compatible with ``timm.models.efficientformer_v2`` (timm 1.0.31). Attention (including the
 stride-2 attention of stage 3 and the attention downsample into stage 4) works on the real feature size:
 biases follow the token grid (see ``_bias.py``) and the stride-2 attention upsamples back to its exact
-input size, so odd sizes work. ``feature_norm=True`` adds a BatchNorm2d per feature output, as the authors'
-V2 dense-prediction backbone does.
+input size, so odd sizes work. ``feature_norm=True`` adds a BatchNorm2d per feature output (an option:
+the authors' V2 dense-prediction backbones have no output norms).
 
 Paper: `Rethinking Vision Transformers for MobileNet Size and Speed` - https://arxiv.org/abs/2212.08059
 Based on timm's implementation (Ross Wightman) of the Apache 2.0 code of snap-research/EfficientFormer.

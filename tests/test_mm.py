@@ -128,11 +128,24 @@ def test_segmentor_loss_and_predict_at_odd_sizes():
 
 
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
-def test_frozen_stages_and_norm_eval(name):
-    backbone = EfficientFormerBackbone(name, frozen_stages=2, norm_eval=False)
+def test_output_norms_follow_the_authors_by_default(name):
+    backbone = EfficientFormerBackbone(name)
+    if name.startswith('efficientformerv2'):
+        assert backbone.model.feature_norms is None
+        assert isinstance(EfficientFormerBackbone(name, feature_norm=True).model.feature_norms[0], torch.nn.BatchNorm2d)
+    else:
+        assert all(isinstance(n, torch.nn.GroupNorm) and n.num_groups == 1 for n in backbone.model.feature_norms)
+        assert EfficientFormerBackbone(name, feature_norm=False).model.feature_norms is None
+
+
+@pytest.mark.parametrize('name,feature_norm', [('efficientformer_l1', None), ('efficientformerv2_s0', True)])
+def test_frozen_stages_and_norm_eval(name, feature_norm):
+    backbone = EfficientFormerBackbone(name, frozen_stages=2, norm_eval=False, feature_norm=feature_norm)
     randomize_(backbone)
     backbone.train()
-    frozen = [backbone.model.stem, backbone.model.stages[0], backbone.model.stages[1]]
+    norms = backbone.model.feature_norms
+    frozen = [backbone.model.stem, backbone.model.stages[0], backbone.model.stages[1], norms[0], norms[1]]
+    assert norms[2].training and all(p.requires_grad for p in norms[2].parameters())
     stats_before = [m.running_mean.clone() for f in frozen for m in f.modules()
                     if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(not m.training for f in frozen for m in f.modules())

@@ -11,7 +11,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import CheckpointError, LoadReport, convert_state_dict, unwrap_state_dict
-from ..variants import MODEL_NAMES
+from ..variants import MODEL_NAMES, V1_MODEL_NAMES
 
 
 @MODELS.register_module()
@@ -21,10 +21,11 @@ class EfficientFormerBackbone(BaseModule):
     Args:
         model_name: one of ``MODEL_NAMES``.
         out_indices: stages to output, from 0..3.
-        feature_norm: the authors' per-output norm (GroupNorm(1, C) for V1, BatchNorm2d for V2).
+        feature_norm: a norm on each output. ``None`` (default): as the authors' dense-prediction backbones, a
+            GroupNorm(1, C) for V1 and none for V2; ``True`` / ``False`` force it (V2's is a BatchNorm2d).
         drop_path_rate: stochastic depth rate.
-        frozen_stages: -1 trains everything; k >= 0 freezes the stem and the first k stages (no gradients,
-            BatchNorm in eval).
+        frozen_stages: -1 trains everything; k >= 0 freezes the stem, the first k stages and their output norms
+            (no gradients, norms in eval).
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) while training.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``; the checkpoint may be in
             timm, the authors' release, or transformers format, or an mmdet / mmseg training checkpoint
@@ -35,7 +36,7 @@ class EfficientFormerBackbone(BaseModule):
             self,
             model_name: str = 'efficientformer_l1',
             out_indices: Sequence[int] = (0, 1, 2, 3),
-            feature_norm: bool = True,
+            feature_norm: Optional[bool] = None,
             drop_path_rate: float = 0.,
             frozen_stages: int = -1,
             norm_eval: bool = False,
@@ -53,6 +54,8 @@ class EfficientFormerBackbone(BaseModule):
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        if feature_norm is None:
+            feature_norm = model_name in V1_MODEL_NAMES
         features = timm.create_model(
             model_name, features_only=True, feature_cls='getter', out_indices=out_indices, feature_norm=feature_norm,
             drop_path_rate=drop_path_rate)
@@ -112,6 +115,8 @@ class EfficientFormerBackbone(BaseModule):
         if self.frozen_stages < 0:
             return
         frozen = [self.model.stem] + list(self.model.stages[:self.frozen_stages])
+        if self.model.feature_norms is not None:
+            frozen += list(self.model.feature_norms[:self.frozen_stages])
         for module in frozen:
             module.eval()
             for param in module.parameters():
