@@ -1,11 +1,11 @@
-# Mask R-CNN 1x COCO, efficientformerv2_s0 backbone. ImageNet weights: set $EFFICIENTFORMER_V2_S0_CKPT
-# (default checkpoints/efficientformerv2_s0.snap_dist_in1k.safetensors, made with tools/convert_checkpoint.py); COCO from $COCO_ROOT (default data/coco/).
+# Mask R-CNN 1x COCO, efficientformerv2_s0 backbone. ImageNet weights: $EFFICIENTFORMER_V2_S0_CKPT
+# (default timm/efficientformerv2_s0.snap_dist_in1k: timm's weights from the Hugging Face hub, cached; or a local file in any format); COCO from $COCO_ROOT (default data/coco/).
 _base_ = ['./_base_/maskrcnn_efficientformer_1x_coco.py']
 
 model = dict(
     backbone=dict(
         model_name='efficientformerv2_s0',
-        init_cfg=dict(checkpoint='{{$EFFICIENTFORMER_V2_S0_CKPT:checkpoints/efficientformerv2_s0.snap_dist_in1k.safetensors}}')),
+        init_cfg=dict(checkpoint='{{$EFFICIENTFORMER_V2_S0_CKPT:timm/efficientformerv2_s0.snap_dist_in1k}}')),
     neck=dict(in_channels=[32, 48, 96, 176]))
 
 optim_wrapper = dict(optimizer=dict(weight_decay=0.05))  # the V2 recipe

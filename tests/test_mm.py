@@ -1,6 +1,7 @@
 """The OpenMMLab backbone and configs (build, forward/backward, freezing, init_cfg loading)."""
 import glob
 import os
+import re
 
 import pytest
 import timm
@@ -226,3 +227,51 @@ def test_init_cfg_wrong_variant_and_missing_file(tmp_path):
         EfficientFormerBackbone('efficientformer_l2')
     with pytest.raises(ValueError, match=r'out_indices \(1, 4\) must be stage indices in 0..3'):
         EfficientFormerBackbone(out_indices=(1, 4))
+
+
+def _offline_hub(monkeypatch, cache):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+
+
+def test_init_cfg_hub_id_from_a_prepared_cache(tmp_path, monkeypatch):
+    """timm's hub id, as the real configs name it, read from the Hugging Face cache with no network."""
+    from safetensors.torch import save_file
+    repo = tmp_path / 'models--timm--efficientformerv2_s0.snap_dist_in1k'
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    (repo / 'snapshots' / commit).mkdir(parents=True)
+    source = randomize_(timm.create_model('efficientformerv2_s0'))
+    save_file(source.state_dict(), repo / 'snapshots' / commit / 'model.safetensors')
+    _offline_hub(monkeypatch, tmp_path)
+    for checkpoint in ('timm/efficientformerv2_s0.snap_dist_in1k', 'hf-hub:timm/efficientformerv2_s0.snap_dist_in1k'):
+        _assert_backbone_matches(_init_backbone('efficientformerv2_s0', checkpoint), source)
+
+
+def test_init_cfg_hub_id_offline_without_cache(tmp_path, monkeypatch):
+    _offline_hub(monkeypatch, tmp_path)
+    backbone = EfficientFormerBackbone(
+        'efficientformer_l1', init_cfg=dict(type='Pretrained', checkpoint='timm/efficientformer_l1.snap_dist_in1k'))
+    message = (r"model\.backbone\.init_cfg\.checkpoint='timm/efficientformer_l1\.snap_dist_in1k': the weights are "
+               r'not in the Hugging Face cache .* cannot be reached.*hf download timm/efficientformer_l1')
+    with pytest.raises(FileNotFoundError, match=message):
+        backbone.check_init_checkpoint()
+    with pytest.raises(FileNotFoundError, match=message):
+        backbone.init_weights()
+    # online mode with the hub unreachable (a closed local port): the same error at once, no retries
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+    with pytest.raises(FileNotFoundError, match=message):
+        backbone.check_init_checkpoint()
+
+
+def test_real_configs_name_timm_hub_weights(monkeypatch):
+    for key in list(os.environ):
+        if re.fullmatch(r'EFFICIENTFORMER_\w+_CKPT', key):
+            monkeypatch.delenv(key)
+    for path in CONFIGS:
+        backbone = Config.fromfile(path).model.backbone
+        assert backbone.init_cfg.checkpoint == f'timm/{backbone.model_name}.snap_dist_in1k', path

@@ -1,6 +1,9 @@
 """EfficientFormer V1 / V2 as an OpenMMLab backbone: a thin wrapper over the timm ``features_only`` model."""
 import os
+import re
+import socket
 from typing import Optional, Sequence, Tuple
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -12,6 +15,54 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import CheckpointError, LoadReport, convert_state_dict, unwrap_state_dict
 from ..variants import MODEL_NAMES, V1_MODEL_NAMES
+
+
+_HUB_ID = re.compile(r'(hf-hub:)?([\w.-]+/[\w.-]+)')
+_CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.ckpt')
+_HUB_FILES = ('model.safetensors', 'pytorch_model.bin')  # timm's hub repositories, in timm's order
+
+
+def hub_repo_id(checkpoint: str) -> Optional[str]:
+    """The Hugging Face hub repository a checkpoint names (``timm/efficientformer_l1.snap_dist_in1k``, with or
+    without ``hf-hub:``), or None for local paths and URLs."""
+    m = _HUB_ID.fullmatch(str(checkpoint))
+    if not m or os.path.exists(checkpoint) or (not m.group(1) and str(checkpoint).endswith(_CHECKPOINT_SUFFIXES)):
+        return None
+    return m.group(2)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def fetch_hub_checkpoint(repo_id: str, option: str = 'model.backbone.init_cfg.checkpoint') -> str:
+    """Local path of a hub repository's weights, from the Hugging Face cache or downloaded into it. Offline with no
+    cached copy it fails at once (no retries) naming the repository and how to provide it."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    for filename in _HUB_FILES:
+        try:
+            return hf_hub_download(repo_id, filename, local_files_only=True)
+        except EntryNotFoundError:
+            pass
+    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+        raise FileNotFoundError(
+            f'{option}={repo_id!r}: the weights are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and '
+            f'the hub ({constants.ENDPOINT}) cannot be reached. Download them where there is network '
+            f'(`hf download {repo_id}`, then copy the cache or set HF_HUB_CACHE), or point {option} at a local '
+            'checkpoint file (timm, original release or transformers format).')
+    for filename in _HUB_FILES:
+        try:
+            return hf_hub_download(repo_id, filename)
+        except EntryNotFoundError:
+            continue
+    raise FileNotFoundError(f'{option}={repo_id!r}: the repository has none of {_HUB_FILES}')
 
 
 @MODELS.register_module()
@@ -27,9 +78,10 @@ class EfficientFormerBackbone(BaseModule):
         frozen_stages: -1 trains everything; k >= 0 freezes the stem, the first k stages and their output norms
             (no gradients, norms in eval).
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) while training.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``; the checkpoint may be in
-            timm, the authors' release, or transformers format, or an mmdet / mmseg training checkpoint
-            (``prefix='backbone.'``, detected when not given).
+        init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=None)``; the checkpoint is a timm hub id
+            (``timm/efficientformer_l1.snap_dist_in1k``, downloaded into and then read from the Hugging Face
+            cache), a URL or a local file in timm, the authors' release or transformers format, or an mmdet /
+            mmseg training checkpoint (``prefix='backbone.'``, detected when not given).
     """
 
     def __init__(
@@ -81,19 +133,27 @@ class EfficientFormerBackbone(BaseModule):
         self._is_init = True
 
     def check_init_checkpoint(self) -> None:
-        """Raise FileNotFoundError if ``init_cfg`` names a local checkpoint that does not exist. Called by
-        ``init_weights`` and, for runs that start from it, by ``EfficientFormerRunner`` when it builds the model
-        (not here in ``__init__``: ``mim test`` builds the model and loads its own checkpoint instead)."""
+        """Raise FileNotFoundError if ``init_cfg`` names a local checkpoint that does not exist, or hub weights
+        that are neither cached nor reachable. Called by ``init_weights`` and, for runs that start from it, by
+        ``EfficientFormerRunner`` when it builds the model (not here in ``__init__``: ``mim test`` builds the model
+        and loads its own checkpoint instead)."""
         if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
             return
         checkpoint = self.init_cfg.get('checkpoint')
-        if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
+        repo_id = hub_repo_id(checkpoint) if checkpoint else None
+        if repo_id:
+            fetch_hub_checkpoint(repo_id)
+        elif not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
             raise FileNotFoundError(
-                f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not exist. Convert the ImageNet checkpoint '
-                'with tools/convert_checkpoint.py and point the config (or its environment variable, e.g. '
+                f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not exist. Name timm\'s weights by hub id '
+                "(e.g. 'timm/efficientformer_l1.snap_dist_in1k'), or convert a checkpoint with "
+                'tools/convert_checkpoint.py and point the config (or its environment variable, e.g. '
                 'EFFICIENTFORMER_L1_CKPT) at it, or set model.backbone.init_cfg=None to train from scratch.')
 
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> LoadReport:
+        repo_id = hub_repo_id(checkpoint)
+        if repo_id:
+            checkpoint = fetch_hub_checkpoint(repo_id)
         state_dict = unwrap_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
         if prefix is None and any(k.startswith('backbone.') for k in state_dict):
             prefix = 'backbone.'
