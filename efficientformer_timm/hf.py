@@ -193,6 +193,10 @@ def _meta3d(block: nn.Module) -> nn.Module:
         mlp=_container(linear_in=block.mlp.fc1, activation=block.mlp.act, linear_out=block.mlp.fc2))
 
 
+def _classifier(in_features: int, num_labels: int) -> nn.Module:
+    return nn.Linear(in_features, num_labels) if num_labels > 0 else nn.Identity()
+
+
 class EfficientFormerPreTrainedModel(PreTrainedModel):
     config_class = EfficientFormerConfig
     base_model_prefix = MODEL_TYPE
@@ -207,7 +211,7 @@ class EfficientFormerPreTrainedModel(PreTrainedModel):
             init.constant_(module.gamma, self.config.layer_scale_init_value)
         elif isinstance(module, Attention):
             init.zeros_(module.attention_biases)
-            init.copy_(module.attention_bias_idxs, relative_offset_index(module.table_size))
+            init.copy_(module.attention_bias_idxs, relative_offset_index(module.table_size, module.query_stride))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -223,6 +227,14 @@ class EfficientFormerPreTrainedModel(PreTrainedModel):
                 f'{pretrained_model_name_or_path} lacks {len(missing)} backbone weights of {cls.__name__} '
                 f'(first: {missing[:5]}): the folder is incomplete or was saved for another configuration')
         return (model, info) if output_loading_info else model
+
+    def _pooled_tokens(self, pixel_values, output_attentions, output_hidden_states, return_dict):
+        """The heads' input: (return_dict resolved, the base model's outputs, their mean final token)."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.efficientformer(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=return_dict)
+        return return_dict, outputs, outputs[0].mean(-2)
 
 
 class EfficientFormerModel(EfficientFormerPreTrainedModel):
@@ -301,8 +313,7 @@ class EfficientFormerForImageClassification(EfficientFormerPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.efficientformer = EfficientFormerModel(config)
-        self.classifier = (
-            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity())
+        self.classifier = _classifier(config.hidden_sizes[-1], config.num_labels)
         self.post_init()
 
     def forward(
@@ -314,11 +325,9 @@ class EfficientFormerForImageClassification(EfficientFormerPreTrainedModel):
             return_dict: Optional[bool] = None,
             **kwargs,
     ) -> Union[tuple, ImageClassifierOutput]:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.efficientformer(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=return_dict)
-        logits = self.classifier(outputs[0].mean(-2))
+        return_dict, outputs, pooled = self._pooled_tokens(
+            pixel_values, output_attentions, output_hidden_states, return_dict)
+        logits = self.classifier(pooled)
         loss = None if labels is None else self._loss(logits, labels)
         if not return_dict:
             output = (logits,) + tuple(outputs[1:])
@@ -360,9 +369,8 @@ class EfficientFormerForImageClassificationWithTeacher(EfficientFormerPreTrained
         super().__init__(config)
         self.num_labels = config.num_labels
         self.efficientformer = EfficientFormerModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.distillation_classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity())
+        self.classifier = _classifier(config.hidden_size, config.num_labels)
+        self.distillation_classifier = _classifier(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -373,11 +381,8 @@ class EfficientFormerForImageClassificationWithTeacher(EfficientFormerPreTrained
             return_dict: Optional[bool] = None,
             **kwargs,
     ) -> Union[tuple, EfficientFormerForImageClassificationWithTeacherOutput]:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.efficientformer(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=return_dict)
-        pooled = outputs[0].mean(-2)
+        return_dict, outputs, pooled = self._pooled_tokens(
+            pixel_values, output_attentions, output_hidden_states, return_dict)
         cls_logits = self.classifier(pooled)
         distillation_logits = self.distillation_classifier(pooled)
         logits = (cls_logits + distillation_logits) / 2

@@ -123,32 +123,32 @@ class EfficientFormerBackbone(BaseModule):
             return
         # mmengine's PretrainedInit loads non-strictly and only unwraps 'state_dict': load ourselves instead
         logger = MMLogger.get_current_instance()
-        self.check_init_checkpoint()
         checkpoint = self.init_cfg['checkpoint']
-        report = self.load_pretrained(checkpoint, prefix=self.init_cfg.get('prefix'))
+        report = self.load_pretrained(self.check_init_checkpoint(), prefix=self.init_cfg.get('prefix'))
         logger.info(
             f'EfficientFormerBackbone: loaded {len(report.loaded)} tensors ({report.source_format} format) from '
             f'{checkpoint}; dropped on purpose (classifier head / parts not built for out_indices): '
             f'{report.dropped or "none"}; initialised here: {report.initialised or "none"}')
         self._is_init = True
 
-    def check_init_checkpoint(self) -> None:
-        """Raise FileNotFoundError if ``init_cfg`` names a local checkpoint that does not exist, or hub weights
-        that are neither cached nor reachable. Called by ``init_weights`` and, for runs that start from it, by
-        ``EfficientFormerRunner`` when it builds the model (not here in ``__init__``: ``mim test`` builds the model
-        and loads its own checkpoint instead)."""
+    def check_init_checkpoint(self) -> Optional[str]:
+        """The checkpoint ``init_cfg`` names, as a local path (hub weights fetched) or URL; FileNotFoundError if
+        it is a local file that does not exist, or hub weights that are neither cached nor reachable. Called by
+        ``init_weights`` and, for runs that start from it, by ``EfficientFormerRunner`` when it builds the model
+        (not here in ``__init__``: ``mim test`` builds the model and loads its own checkpoint instead)."""
         if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
-            return
+            return None
         checkpoint = self.init_cfg.get('checkpoint')
         repo_id = hub_repo_id(checkpoint) if checkpoint else None
         if repo_id:
-            fetch_hub_checkpoint(repo_id)
-        elif not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
+            return fetch_hub_checkpoint(repo_id)
+        if not checkpoint or ('://' not in str(checkpoint) and not os.path.isfile(checkpoint)):
             raise FileNotFoundError(
                 f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not exist. Name timm\'s weights by hub id '
                 "(e.g. 'timm/efficientformer_l1.snap_dist_in1k'), or convert a checkpoint with "
                 'tools/convert_checkpoint.py and point the config (or its environment variable, e.g. '
                 'EFFICIENTFORMER_L1_CKPT) at it, or set model.backbone.init_cfg=None to train from scratch.')
+        return checkpoint
 
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> LoadReport:
         repo_id = hub_repo_id(checkpoint)
