@@ -11,7 +11,7 @@ STAMP_LATEST := $(VENV_LATEST)/.installed
 # the tests that need no OpenMMLab stack: models, checkpoints, export, timm drop-in, and the transformers 5 classes
 # (checked against transformers 4.40.2, which runs in the verified stack's interpreter)
 CORE_TESTS := -m "not mm" tests/test_models.py tests/test_checkpoint.py tests/test_fusion_export.py \
-	tests/test_reliability.py tests/test_timm_compat.py tests/test_hf.py tests/test_packaging.py
+	tests/test_inputs.py tests/test_timm_compat.py tests/test_hf.py tests/test_packaging.py
 
 .PHONY: install demo test test-verified test-latest benchmark clean
 

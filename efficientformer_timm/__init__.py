@@ -8,12 +8,13 @@ with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message=r'Overwriting efficientformer', category=UserWarning)
     from . import efficientformer, efficientformer_v2
 
-from .checkpoint import CheckpointError, LoadReport, convert_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint import (
+    CheckpointError, LoadReport, convert_state_dict, convert_with_report, load_checkpoint, read_checkpoint)
 from .efficientformer import EfficientFormer
 from .efficientformer_v2 import EfficientFormerV2
 
 __version__ = '0.1.0'
 __all__ = [
     'EfficientFormer', 'EfficientFormerV2', 'CheckpointError', 'LoadReport', 'convert_state_dict',
-    'load_checkpoint', 'read_checkpoint',
+    'convert_with_report', 'load_checkpoint', 'read_checkpoint',
 ]

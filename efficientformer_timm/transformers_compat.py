@@ -17,9 +17,10 @@ import json
 import os
 from typing import Any, Dict, Tuple, Union
 
+import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, transformers_weights_file
 from .variants import EFFICIENTFORMER_ARCHS
 
 __all__ = ['model_args_from_transformers_config', 'create_model_from_transformers', 'data_config']
@@ -91,16 +92,11 @@ def model_args_from_transformers_config(config) -> Tuple[str, Dict[str, Any]]:
 
 def create_model_from_transformers(path: Union[str, os.PathLike], **overrides):
     """timm model with the config and weights of a transformers ``save_pretrained`` folder."""
-    import timm
     name, kwargs = model_args_from_transformers_config(path)
     kwargs.update(overrides)
     model = timm.create_model(name, **kwargs)
-    for weights in ('model.safetensors', 'pytorch_model.bin'):
-        file = os.path.join(path, weights)
-        if os.path.isfile(file):
-            load_checkpoint(model, file)
-            return model
-    raise FileNotFoundError(f'no model.safetensors or pytorch_model.bin in {path}')
+    load_checkpoint(model, transformers_weights_file(path))
+    return model
 
 
 def data_config(preset: str = 'timm', input_size: int = 224) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Checkpoint formats (timm, the authors' release), conversion tool, clear mismatch errors."""
+"""Checkpoint layouts (timm, the authors' release, transformers), the conversion tool, clear errors for files and
+tensors that do not fit."""
 import logging
 import os
 import subprocess
@@ -12,10 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from efficientformer_timm import CheckpointError, load_checkpoint
 from efficientformer_timm._bias import relative_offset_index
-from efficientformer_timm.checkpoint import detect_format, infer_model_name, timm_to_original
+from efficientformer_timm.checkpoint import (
+    detect_format, infer_model_name, original_to_timm, timm_to_original, transformers_to_timm)
 from helpers import ALL_MODELS, V2_MODELS, randomize_
 
 TOOLS = os.path.join(os.path.dirname(__file__), '..', 'tools')
+sys.path.insert(0, TOOLS)
 
 
 def _source(name, **kwargs):
@@ -206,3 +209,55 @@ def test_convert_tool(name, suffix, tmp_path):
                           capture_output=True, text=True)
     assert same.returncode == 1 and 'refusing to overwrite the input' in same.stderr
     assert sorted(os.listdir(tmp_path)) == sorted(['in.pth', f'out{suffix}'])  # no temporary files left
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_original_timm_original_round_trip_is_bit_exact(name):
+    sd = randomize_(timm.create_model(name)).state_dict()
+    original = timm_to_original(sd)
+    back, unknown = original_to_timm(original)
+    assert not unknown
+    again = timm_to_original(back)
+    assert again.keys() == original.keys()
+    assert all(torch.equal(again[k], original[k]) and again[k].dtype == original[k].dtype for k in original)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_transformers_to_timm_keeps_every_tensor():
+    import transformers
+    hf = randomize_(transformers.EfficientFormerForImageClassificationWithTeacher(
+        transformers.EfficientFormerConfig(hidden_size=448)))
+    source = hf.state_dict()
+    converted, unknown = transformers_to_timm(source)
+    assert not unknown and len(converted) == len(source)
+    by_id = {v.data_ptr(): v for v in converted.values()}
+    assert all(torch.equal(by_id[v.data_ptr()], v) for v in source.values())
+
+
+def test_wrong_dtype_is_named():
+    sd = timm.create_model('efficientformer_l1').state_dict()
+    sd['stages.3.blocks.4.token_mixer.qkv.weight'] = sd['stages.3.blocks.4.token_mixer.qkv.weight'].long()
+    with pytest.raises(CheckpointError, match=r'qkv\.weight: checkpoint dtype torch\.int64 vs model torch\.float32'):
+        load_checkpoint(timm.create_model('efficientformer_l1'), sd)
+
+
+def test_not_a_checkpoint_file_names_the_file(tmp_path):
+    junk = tmp_path / 'weights.pth'
+    junk.write_text('<html>404 not found</html>')
+    with pytest.raises(CheckpointError, match=r'cannot read checkpoint .*weights\.pth'):
+        load_checkpoint(timm.create_model('efficientformer_l1'), str(junk))
+    torch.save({'model': [1, 2, 3]}, tmp_path / 'list.pth')
+    with pytest.raises(CheckpointError, match=r'list\.pth holds no state dict'):
+        load_checkpoint(timm.create_model('efficientformer_l1'), str(tmp_path / 'list.pth'))
+
+
+def test_failed_conversion_write_leaves_nothing(tmp_path, monkeypatch):
+    import convert_checkpoint
+    torch.save(timm.create_model('efficientformerv2_s0').state_dict(), tmp_path / 'in.pth')
+
+    def broken_save(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(convert_checkpoint.torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        convert_checkpoint.convert(str(tmp_path / 'in.pth'), str(tmp_path / 'out.pth'))
+    assert sorted(os.listdir(tmp_path)) == ['in.pth']

@@ -14,9 +14,9 @@ from mmengine.structures import PixelData
 from efficientformer_timm import CheckpointError
 from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm.mm import EfficientFormerBackbone
-
-pytestmark = pytest.mark.mm  # noqa: E402
 from helpers import randomize_
+
+pytestmark = pytest.mark.mm
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', '*.py')))
@@ -275,3 +275,61 @@ def test_real_configs_name_timm_hub_weights(monkeypatch):
     for path in CONFIGS:
         backbone = Config.fromfile(path).model.backbone
         assert backbone.init_cfg.checkpoint == f'timm/{backbone.model_name}.snap_dist_in1k', path
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s1'])
+def test_frozen_stages_stay_bit_identical_through_training(name):
+    from efficientformer_timm.mm import EfficientFormerBackbone
+    backbone = randomize_(EfficientFormerBackbone(name, frozen_stages=2)).train()
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()
+              if k.startswith(('model.stem.', 'model.stages.0.', 'model.stages.1.'))}
+    trainable = {k: v.clone() for k, v in backbone.state_dict().items() if k.startswith('model.stages.3.')}
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-2, weight_decay=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        sum(o.square().mean() for o in backbone(torch.randn(2, 3, 96, 128))).backward()
+        optimizer.step()
+    state = backbone.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(state[k], v) for k, v in trainable.items())
+
+
+def test_invalid_loss_stops_before_checkpoint():
+    from mmengine.hooks import CheckpointHook
+    from mmengine.registry import HOOKS
+    from mmengine.runner.priority import get_priority
+    from efficientformer_timm.mm import StopOnInvalidLossHook
+    hook = HOOKS.build(dict(type='StopOnInvalidLossHook'))
+    assert get_priority(hook.priority) < get_priority(CheckpointHook.priority)
+
+    class FakeRunner:
+        iter, work_dir = 41, '/work_dirs/run'
+    hook.after_train_iter(FakeRunner(), 0, outputs={'loss': torch.tensor(1.5)})
+    with pytest.raises(RuntimeError, match=r'loss is nan at iteration 42: training stopped before writing'):
+        hook.after_train_iter(FakeRunner(), 0, outputs={'loss': torch.tensor(float('nan'))})
+    assert isinstance(hook, StopOnInvalidLossHook)
+
+
+def test_neck_channel_mismatch_fails_at_build(tmp_path):
+    from mmengine.config import Config
+    from efficientformer_timm.mm import EfficientFormerRunner
+    cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', 'mm_configs', 'toy', 'maskrcnn_l1_toy.py'))
+    cfg.model.neck.in_channels = [64, 128, 320, 512]
+    cfg.work_dir = str(tmp_path)
+    with pytest.raises(ValueError, match=r'model\.neck\.in_channels=\[64, 128, 320, 512\] does not match .*'
+                                         r'efficientformer_l1 .* gives \[48, 96, 224, 448\]'):
+        EfficientFormerRunner.from_cfg(cfg)
+
+
+def test_missing_init_checkpoint_fails_when_the_runner_builds(tmp_path):
+    """A training run from the backbone's ImageNet weights fails at build; `mim test` (load_from set) does not."""
+    from mmengine.config import Config
+    from efficientformer_timm.mm import EfficientFormerRunner
+    cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', 'mm_configs', 'maskrcnn_l1.py'))
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'missing.safetensors')
+    cfg.work_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"model\.backbone\.init_cfg\.checkpoint='.*missing\.safetensors' "
+                                                r"does not exist.*tools/convert_checkpoint\.py"):
+        EfficientFormerRunner.from_cfg(cfg)
+    cfg.load_from = str(tmp_path / 'detector.pth')  # what tools/test.py sets from --checkpoint
+    assert isinstance(EfficientFormerRunner.from_cfg(cfg), EfficientFormerRunner)

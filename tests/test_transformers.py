@@ -8,6 +8,7 @@ from PIL import Image
 from transformers import (EfficientFormerConfig, EfficientFormerForImageClassification,  # 4.40.2, the test extra
                           EfficientFormerForImageClassificationWithTeacher, EfficientFormerImageProcessor)
 
+from efficientformer_timm.checkpoint import timm_to_transformers
 from efficientformer_timm.transformers_compat import (
     create_model_from_transformers, data_config, model_args_from_transformers_config)
 from helpers import randomize_
@@ -44,6 +45,20 @@ def test_with_teacher_parity(config_name, safe, tmp_path):
         last = hf.efficientformer(x).last_hidden_state
         assert last.shape == (2, 49, config.hidden_sizes[-1])
         torch.testing.assert_close(ours.forward_features(x), last, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize('config_name', list(CONFIGS))
+def test_timm_to_transformers_loads_strictly_into_transformers(config_name, tmp_path):
+    """Our weights written in transformers' layout are transformers' model: every key, and the same logits."""
+    config = EfficientFormerConfig(**CONFIGS[config_name])
+    hf = EfficientFormerForImageClassificationWithTeacher(config)
+    hf.save_pretrained(tmp_path)
+    ours = randomize_(create_model_from_transformers(tmp_path)).eval()
+    hf.load_state_dict(timm_to_transformers(ours.state_dict()), strict=True)
+    hf.eval()  # 4.40.2 caches its attention biases when switched to eval: after loading
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x), rtol=0, atol=1e-4)
 
 
 def test_single_head_classifier_parity(tmp_path):

@@ -17,21 +17,13 @@ from safetensors.torch import save_file
 
 import efficientformer_timm  # noqa: F401  (registers the models)
 from efficientformer_timm.checkpoint import (
-    CheckpointError, atomic_output, convert_state_dict, infer_model_name, read_checkpoint, to_timm_keys)
+    CheckpointError, atomic_output, convert_state_dict, infer_model_name, read_checkpoint, to_timm_keys,
+    transformers_weights_file)
 from efficientformer_timm.transformers_compat import model_args_from_transformers_config
 
 
-def _input_file(path: str) -> str:
-    if os.path.isdir(path):
-        for name in ('model.safetensors', 'pytorch_model.bin'):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise FileNotFoundError(f'no model.safetensors or pytorch_model.bin in {path}')
-    return path
-
-
 def convert(src: str, dst: str, model_name: str = None) -> str:
-    src_file = _input_file(src)
+    src_file = transformers_weights_file(src) if os.path.isdir(src) else src
     state_dict = read_checkpoint(src_file)
     model_name = model_name or infer_model_name(state_dict)
     kwargs = {}

@@ -13,7 +13,7 @@ from mmengine.registry import MODELS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import CheckpointError, LoadReport, convert_state_dict, unwrap_state_dict
+from ..checkpoint import CheckpointError, LoadReport, convert_with_report, unwrap_state_dict
 from ..variants import MODEL_NAMES, V1_MODEL_NAMES
 
 
@@ -163,9 +163,8 @@ class EfficientFormerBackbone(BaseModule):
                 raise CheckpointError(f'{checkpoint}: no key starts with prefix {prefix!r}')
             if all(k.startswith('model.') for k in state_dict):  # saved from this backbone
                 state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
-        report = LoadReport('')
         try:
-            converted = convert_state_dict(state_dict, self.model, report=report)
+            converted, report = convert_with_report(state_dict, self.model)
         except CheckpointError as e:
             raise CheckpointError(f'{checkpoint} (for {self.model_name}): {e}') from e
         self.model.load_state_dict(converted, strict=True)

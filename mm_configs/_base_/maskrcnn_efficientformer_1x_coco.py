@@ -13,16 +13,7 @@ _base_ = [
 data_root = '{{$COCO_ROOT:data/coco/}}'
 
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='EfficientFormerBackbone',
-        model_name='efficientformer_l1',
-        out_indices=(0, 1, 2, 3),
-        feature_norm=None,  # the authors': GroupNorm(1, C) per output for V1, none for V2
-        drop_path_rate=0.,
-        frozen_stages=-1,
-        norm_eval=False,
-        init_cfg=dict(type='Pretrained', checkpoint=None)),
+    backbone={{_base_.efficientformer_backbone}},
     neck=dict(in_channels=[48, 96, 224, 448]))
 
 train_dataloader = dict(batch_size=2, num_workers=2, dataset=dict(data_root=data_root))

@@ -16,16 +16,7 @@ crop_size = (512, 512)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='EfficientFormerBackbone',
-        model_name='efficientformer_l1',
-        out_indices=(0, 1, 2, 3),
-        feature_norm=None,  # the authors': GroupNorm(1, C) per output for V1, none for V2
-        drop_path_rate=0.,
-        frozen_stages=-1,
-        norm_eval=False,
-        init_cfg=dict(type='Pretrained', checkpoint=None)),
+    backbone={{_base_.efficientformer_backbone}},
     neck=dict(in_channels=[48, 96, 224, 448]),
     decode_head=dict(num_classes=150))
 
