@@ -5,6 +5,10 @@ EfficientFormer learns one bias per head for every absolute offset (|dy|, |dx|) 
 offsets. At another grid the table is resized bicubically (antialiased, as timm does for LeViT / Swin bias
 tables) to one entry per offset of the new grid, so the ImageNet-trained biases carry over; at the
 pretraining grid the table is used unchanged.
+
+The authors' detection / segmentation backbones use another scheme, available as ``use_fixed_grid_bias``: the
+table is learned for one fixed grid (25 x 25 for 800-pixel detection inputs), and at every input size the whole
+(heads, Nq0, N0) bias matrix is resized bicubically (no antialias) to the real (Nq, N).
 """
 from typing import Dict, Optional, Tuple
 
@@ -14,7 +18,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'biased_attention', 'relative_offset_index',
-           'tracing_or_compiling']
+           'resize_offset_table', 'tracing_or_compiling']
 
 # From this many query x key pairs on, scaled_dot_product_attention beats the explicit form for V1's attention
 # on CPU (development A/B, 2 threads: 0.81x the time at 1050 x 1050 tokens, 1.3-1.6x slower at 49 x 49).
@@ -75,6 +79,14 @@ def relative_offset_index(
     return index.reshape(dy.shape[0] * dx.shape[0], height * width)
 
 
+def resize_offset_table(table: torch.Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> torch.Tensor:
+    """A (heads, h0 * w0) offset table resized to (heads, h1 * w1): antialiased bicubic over the offsets."""
+    rows = antialiased_bicubic_weights(from_size[0], to_size[0], device=table.device)
+    cols = antialiased_bicubic_weights(from_size[1], to_size[1], device=table.device)
+    table2d = table.reshape(-1, from_size[0], from_size[1]).float()
+    return (rows @ table2d @ cols.T).to(table.dtype).flatten(1)
+
+
 class GridAttentionBias(nn.Module):
     """Base for attention modules owning ``attention_biases`` over a (h0, w0) offset table.
 
@@ -95,6 +107,20 @@ class GridAttentionBias(nn.Module):
         self.register_buffer(
             'attention_bias_idxs', relative_offset_index(table_size, query_stride, device=device),
             persistent=persistent_index)
+        self.fixed_grid_bias = False
+        self.attention_bias_cache = {}
+
+    def use_fixed_grid_bias(self, side: int) -> None:
+        """Switch to the authors' dense-prediction scheme for a ``side`` x ``side`` key grid. The table is resized
+        to that grid (the authors start a new, zero table there; resizing keeps what ImageNet taught), and the
+        index buffer follows it."""
+        size = (side, side)
+        with torch.no_grad():
+            table = resize_offset_table(self.attention_biases.detach(), self.table_size, size)
+        self.attention_biases = nn.Parameter(table, requires_grad=self.attention_biases.requires_grad)
+        self.attention_bias_idxs = relative_offset_index(size, self.query_stride, device=table.device)
+        self.table_size = size
+        self.fixed_grid_bias = True
         self.attention_bias_cache = {}
 
     def train(self, mode: bool = True):
@@ -108,13 +134,16 @@ class GridAttentionBias(nn.Module):
 
     def _compute_attention_bias(self, grid: Tuple[int, int]) -> torch.Tensor:
         table = self.attention_biases
+        if self.fixed_grid_bias:
+            stride = self.query_stride
+            queries = -(-grid[0] // stride) * -(-grid[1] // stride)
+            matrix = table[:, self.attention_bias_idxs]
+            return F.interpolate(matrix[None], size=(queries, grid[0] * grid[1]), mode='bicubic',
+                                 align_corners=False)[0]
         # traced / exported graphs always resize (an exact identity at the table size) so that they stay
         # valid for every input size
         if tracing_or_compiling() or grid[0] != self.table_size[0] or grid[1] != self.table_size[1]:
-            rows = antialiased_bicubic_weights(self.table_size[0], grid[0], device=table.device)
-            cols = antialiased_bicubic_weights(self.table_size[1], grid[1], device=table.device)
-            table2d = table.reshape(-1, *self.table_size).float()
-            table = (rows @ table2d @ cols.T).to(table.dtype).flatten(1)
+            table = resize_offset_table(table, self.table_size, grid)
             index = relative_offset_index(grid, self.query_stride, device=table.device)
         else:
             index = self.attention_bias_idxs

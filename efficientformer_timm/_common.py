@@ -9,6 +9,7 @@ from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._features import FeatureListNet, feature_take_indices
 from torch import nn
 
+from ._bias import GridAttentionBias
 from ._validate import check_image_batch
 from .checkpoint import convert_state_dict, read_checkpoint
 from .fuse import fuse_batchnorm
@@ -121,6 +122,21 @@ class EfficientFormerBase(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=module))
         self.feature_norms = nn.ModuleList(
             [feature_norm_layer(dim) for dim in embed_dims]) if feature_norm_layer else None
+
+    def use_fixed_grid_attention_bias(self, resolution: int) -> None:
+        """The attention bias of the authors' detection / segmentation backbones, made for inputs of
+        ``resolution`` pixels (800 for their COCO models, 512 for ADE20K): each attention keeps one table for the
+        fixed key grid of that input, ceil(resolution / stride) a side, and resizes the whole bias matrix to the
+        real grid at every forward (see ``GridAttentionBias.use_fixed_grid_bias``)."""
+        for i, stage in enumerate(self.stages):
+            stride = self.feature_info[i]['reduction']
+            for module in stage.downsample.modules():  # keys on the previous stage's grid
+                if isinstance(module, GridAttentionBias):
+                    module.use_fixed_grid_bias(ceil_div(resolution, self.feature_info[i - 1]['reduction']))
+            for module in stage.blocks.modules():  # keys on the stage's grid, or a strided copy of it
+                if isinstance(module, GridAttentionBias):
+                    key_stride = stride * (2 if getattr(module, 'stride_conv', None) is not None else 1)
+                    module.use_fixed_grid_bias(ceil_div(resolution, key_stride))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_scripting():

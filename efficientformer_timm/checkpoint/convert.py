@@ -7,6 +7,7 @@ norms absent from a classification checkpoint are kept at their identity-like in
 are dropped when the model has none.
 """
 import logging
+import math
 import os
 import re
 from typing import Dict, List, Tuple
@@ -16,6 +17,7 @@ from timm.models import adapt_input_conv
 from timm.models._features import FeatureDictNet
 from torch import nn
 
+from .._bias import relative_offset_index, resize_offset_table
 from .files import read_checkpoint
 from .formats import infer_model_name, to_timm_keys, v2_bias_index
 from .report import CheckpointError, LoadReport
@@ -66,6 +68,23 @@ def _other_in_chans(key: str, value: torch.Tensor, target: torch.Tensor) -> bool
         target.shape[2:]
 
 
+def _square_side(table: torch.Tensor) -> int:
+    """The side of a (heads, side * side) offset table; 0 when the table is not square."""
+    side = math.isqrt(table.shape[-1]) if table.ndim == 2 else 0
+    return side if side * side == table.shape[-1] else 0
+
+
+def _other_bias_grid(key: str, value: torch.Tensor, target: torch.Tensor) -> bool:
+    """An attention bias table (same heads) learned for another square grid, or the index of such a table."""
+    if key.endswith('attention_biases'):
+        return value.shape[0] == target.shape[0] and value.shape != target.shape and \
+            _square_side(value) > 0 and _square_side(target) > 0
+    if key.endswith('attention_bias_idxs') and value.shape != target.shape and value.ndim == 2:
+        side = math.isqrt(value.shape[1])
+        return side * side == value.shape[1] and torch.equal(value, relative_offset_index((side, side)))
+    return False
+
+
 def _mismatch(key: str, value: torch.Tensor, target: torch.Tensor) -> str:
     """Why ``value`` cannot replace ``target`` ('' if it can)."""
     if value.shape != target.shape:
@@ -103,6 +122,15 @@ def _place(converted: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor], 
                              key, value.shape[1], target[key].shape[1])
                 value = adapt_input_conv(target[key].shape[1], value)
             out[key] = value
+        elif _other_bias_grid(key, value, target[key]):
+            if key.endswith('attention_bias_idxs'):  # the model keeps the index of its own grid
+                report.dropped.append(key)
+                out[key] = target[key]
+                continue
+            src, dst = _square_side(value), _square_side(target[key])
+            _logger.info('resizing %s from a %dx%d to a %dx%d grid (antialiased bicubic over offsets)',
+                         key, src, src, dst, dst)
+            out[key] = resize_offset_table(value, (src, src), (dst, dst))
         elif _mismatch(key, value, target[key]):
             wrong.append(_mismatch(key, value, target[key]))
         else:
