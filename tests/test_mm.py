@@ -1,17 +1,23 @@
 """The OpenMMLab backbone and configs (build, forward/backward, freezing, init_cfg loading)."""
 import glob
+import itertools
+import math
 import os
 import re
+import sys
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint
 from mmengine.structures import PixelData
 
 from efficientformer_timm import CheckpointError
+from efficientformer_timm._bias import GridAttentionBias, resize_offset_table
 from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm.mm import EfficientFormerBackbone
 from helpers import randomize_
@@ -19,6 +25,7 @@ from helpers import randomize_
 pytestmark = pytest.mark.mm
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', '*.py')))
 
 
@@ -333,3 +340,162 @@ def test_missing_init_checkpoint_fails_when_the_runner_builds(tmp_path):
         EfficientFormerRunner.from_cfg(cfg)
     cfg.load_from = str(tmp_path / 'detector.pth')  # what tools/test.py sets from --checkpoint
     assert isinstance(EfficientFormerRunner.from_cfg(cfg), EfficientFormerRunner)
+
+
+# ---- the authors' trained detectors and segmenters: their bias scheme, their checkpoints ----
+
+def _authors_offset_index(side, query_side=None):
+    """Their index, built as their downstream attentions build it: offsets numbered in order of first appearance
+    over all (query, key) point pairs; queries on every second point for the downsampling attention."""
+    points = list(itertools.product(range(side), range(side)))
+    queries = list(itertools.product(range(query_side), range(query_side))) if query_side else points
+    step = math.ceil(side / query_side) if query_side else 1
+    offsets, idxs = {}, []
+    for p1 in queries:
+        for p2 in points:
+            offset = (abs(p1[0] * step - p2[0]), abs(p1[1] * step - p2[1]))
+            idxs.append(offsets.setdefault(offset, len(offsets)))
+    return torch.tensor(idxs).view(len(queries), len(points))
+
+
+def _authors_bias(table, side, grid, downsample):
+    """Their bias at a real key grid: the whole fixed-grid matrix resized bicubically (no antialias)."""
+    index = _authors_offset_index(side, math.ceil(side / 2) if downsample else None)
+    queries = math.ceil(grid[0] / 2) * math.ceil(grid[1] / 2) if downsample else grid[0] * grid[1]
+    return F.interpolate(table[:, index].unsqueeze(0), size=(queries, grid[0] * grid[1]), mode='bicubic')[0]
+
+
+def _authors_side(name, module_name, resolution):
+    """Their fixed grid side per attention: ceil(resolution / 32) for V1; for V2 ceil(resolution / 2**(i+2)) for
+    stage i, halved (ceil) for the strided attention of stage 2, the previous stage's for the downsample one."""
+    if 'v2' not in name:
+        return math.ceil(resolution / 32)
+    stage = int(re.match(r'stages\.(\d)', module_name).group(1))
+    if 'downsample' in module_name:
+        return math.ceil(resolution / 2 ** (stage + 1))
+    side = math.ceil(resolution / 2 ** (stage + 2))
+    return math.ceil(side / 2) if stage == 2 else side
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+@pytest.mark.parametrize('resolution', [800, 512])
+def test_fixed_grid_bias_is_the_authors_scheme(name, resolution):
+    backbone = randomize_(EfficientFormerBackbone(name, fixed_grid_bias_resolution=resolution)).eval()
+    attentions = {n: m for n, m in backbone.model.named_modules() if isinstance(m, GridAttentionBias)}
+    assert attentions
+    for module_name, module in attentions.items():
+        side = _authors_side(name, module_name, resolution)
+        assert module.table_size == (side, side), module_name
+        downsample = 'downsample' in module_name
+        for grid in [(side, side), (25, 42), (16, 16), (13, 21)]:
+            if downsample:
+                grid = (grid[0] * 2, grid[1] * 2)
+            expected = _authors_bias(module.attention_biases.detach(), side, grid, downsample)
+            torch.testing.assert_close(module.attention_bias(grid, torch.float32), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_grid_bias_starts_from_the_imagenet_table(tmp_path):
+    """ImageNet weights load into the fixed-grid backbone: each 7x7 table resized to the fixed grid."""
+    source = randomize_(timm.create_model('efficientformer_l1'))
+    path = str(tmp_path / 'in1k.pth')
+    torch.save(source.state_dict(), path)
+    backbone = EfficientFormerBackbone('efficientformer_l1', fixed_grid_bias_resolution=800,
+                                       init_cfg=dict(type='Pretrained', checkpoint=path))
+    backbone.init_weights()
+    table = backbone.model.stages[3].blocks[4].token_mixer.attention_biases
+    expected = resize_offset_table(source.stages[3].blocks[4].token_mixer.attention_biases, (7, 7), (25, 25))
+    assert table.shape == (8, 625)
+    torch.testing.assert_close(table, expected)
+
+
+def _authors_checkpoint(model):
+    """A whole-model checkpoint in the layout of the authors' releases, holding ``model``'s weights: backbone in
+    their original layout, the fixed-grid set as attention_biases_seg / attention_bias_idxs_seg beside the
+    classification-sized buffers their forward never reads; neck and heads under their mmdet 2 / mmseg 0 names."""
+    state = model.state_dict()
+    backbone = {k[len('backbone.model.'):]: v for k, v in state.items() if k.startswith('backbone.model.')}
+    out = {}
+    for key, value in timm_to_original(backbone).items():
+        if key.endswith(('attention_biases', 'attention_bias_idxs')):
+            out[f'backbone.{key}_seg'] = value
+            keys = 196 if '.attn.' in key else 49
+            out['backbone.' + key] = (torch.zeros(value.shape[0], keys) if key.endswith('attention_biases')
+                                      else torch.ones(49, keys, dtype=torch.long))
+        else:
+            out['backbone.' + key] = value
+    out.update({k: v for k, v in state.items() if not k.startswith('backbone.')})
+    return out
+
+
+def _released_model(config, random_weights=False):
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'released', config))
+    init_default_scope('mmdet' if config.startswith('maskrcnn') else 'mmseg')
+    model = MODELS.build(cfg.model).eval()
+    if random_weights:  # not the data preprocessor's mean / std, which no checkpoint holds
+        for seed, (name, child) in enumerate(model.named_children()):
+            if name != 'data_preprocessor':
+                randomize_(child, seed)
+    return model
+
+
+def _outputs(model, size):
+    torch.manual_seed(1)
+    if hasattr(model, 'roi_head'):
+        from mmdet.testing import demo_mm_inputs
+        packed = demo_mm_inputs(1, [(3, *size)], num_items=[2], num_classes=80, with_mask=True)
+        data = model.data_preprocessor(packed, False)
+        with torch.no_grad():
+            feats = model.extract_feat(data['inputs'])
+            result = model(**data, mode='predict')[0].pred_instances
+        return list(feats) + [result.bboxes, result.scores, result.masks.float()]
+    inputs = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        return list(model.extract_feat(inputs)) + [model.encode_decode(inputs, [dict(img_shape=size)])]
+
+
+RELEASED = ['maskrcnn_l1_coco.py', 'maskrcnn_v2_s0_coco.py', 'semfpn_l1_ade20k.py', 'semfpn_v2_s0_ade20k.py']
+
+
+def test_every_model_has_both_released_configs():
+    names = set(os.listdir(os.path.join(ROOT, 'mm_configs', 'released')))
+    assert names == {f'{p}_{t}_{d}.py' for t in ('l1', 'l3', 'l7', 'v2_s0', 'v2_s1', 'v2_s2', 'v2_l')
+                     for p, d in (('maskrcnn', 'coco'), ('semfpn', 'ade20k'))}
+    for name in names:
+        cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'released', name))
+        assert cfg.model.backbone.fixed_grid_bias_resolution == (800 if name.startswith('maskrcnn') else 512)
+        assert cfg.model.backbone.init_cfg is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', RELEASED)
+def test_authors_checkpoint_converts_to_the_released_config(config, tmp_path):
+    import convert_checkpoint
+    source = _released_model(config, random_weights=True)
+    src = str(tmp_path / 'authors.pth')
+    torch.save({'meta': {'mmdet_version': '2.19.0'}, 'state_dict': _authors_checkpoint(source)}, src)
+    assert convert_checkpoint.main([src, str(tmp_path / 'converted.pth')]) == 0
+    converted = _released_model(config)
+    load_checkpoint(converted, str(tmp_path / 'converted.pth'), strict=True)
+    for size in [(800, 1216), (333, 517)]:
+        for ours, theirs in zip(_outputs(converted, size), _outputs(source, size)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_released_checkpoint_errors(tmp_path, capsys):
+    import convert_checkpoint
+    authors = _authors_checkpoint(_released_model('maskrcnn_l1_coco.py', random_weights=True))
+    src = str(tmp_path / 'authors.pth')
+    torch.save({'state_dict': authors}, src)
+    assert convert_checkpoint.main([src, str(tmp_path / 'out.pth'), '--model', 'efficientformer_l3']) == 1
+    assert re.search(r'error: backbone: .*tensors do not match the model.* looks like efficientformer_l1',
+                     capsys.readouterr().err)
+    truncated = {k: v for k, v in authors.items() if not k.startswith('roi_head.mask_head.')}
+    torch.save({'state_dict': truncated}, src)
+    assert convert_checkpoint.main([src, str(tmp_path / 'out.pth')]) == 1
+    assert re.search(r'missing from the checkpoint \(truncated\?\): \[.roi_head\.mask_head\.', capsys.readouterr().err)
+    no_seg = {k.replace('attention_biases_seg', 'x').replace('attention_bias_idxs_seg', 'y'): v
+              for k, v in authors.items()}
+    torch.save({'state_dict': no_seg}, src)
+    assert convert_checkpoint.main([src, str(tmp_path / 'out.pth')]) == 1
+    assert 'no attention_biases_seg tables' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['authors.pth']

@@ -1,10 +1,16 @@
 #!/usr/bin/env python
-"""Convert an EfficientFormer checkpoint (timm, the authors' release, or transformers) to timm format.
+"""Convert an EfficientFormer checkpoint to this package's formats.
 
     python tools/convert_checkpoint.py INPUT OUTPUT [--model NAME]
 
-INPUT is a checkpoint file, or a transformers ``save_pretrained`` folder. OUTPUT is written as safetensors
-when it ends in .safetensors, else with torch.save; atomically, and never over INPUT.
+INPUT is one of
+- a classification checkpoint (timm, the authors' release, or transformers; a file or a transformers
+  ``save_pretrained`` folder): written in timm format;
+- one of the authors' trained Mask R-CNN (COCO) or Semantic FPN (ADE20K) checkpoints (mmdet 2.19 / mmseg 0.x):
+  written as an mmengine checkpoint of the model that ``mm_configs/released/<task>_<model>_<dataset>.py`` builds
+  (mmdet 3 / mmseg 1), every tensor checked against it; the tool names that config.
+OUTPUT is written as safetensors when it ends in .safetensors, else with torch.save; atomically, and never over
+INPUT.
 """
 import argparse
 import logging
@@ -22,9 +28,46 @@ from efficientformer_timm.checkpoint import (
 from efficientformer_timm.transformers_compat import model_args_from_transformers_config
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def released_config(state_dict, model_name: str = None) -> str:
+    """The config in mm_configs/released for one of the authors' detector / segmenter checkpoints."""
+    from efficientformer_timm.mm.released import model_name_of, released_config_name, released_task
+    name = model_name or model_name_of(state_dict)
+    return os.path.join(ROOT, 'mm_configs', 'released', released_config_name(name, released_task(state_dict)))
+
+
+def convert_released(state_dict, src: str, dst: str, config_path: str) -> None:
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from efficientformer_timm.mm.released import RELEASED_TASKS, convert_released_checkpoint, released_task
+    cfg = Config.fromfile(config_path)
+    init_default_scope(RELEASED_TASKS[released_task(state_dict)][3])
+    model = MODELS.build(cfg.model)
+    out, dropped = convert_released_checkpoint(state_dict, model)
+    logging.info('dropped %d tensors the authors\' forward never reads: %s', len(dropped), ', '.join(dropped))
+    meta = {'config': os.path.relpath(config_path, ROOT), 'converted_from': os.path.basename(src)}
+    with atomic_output(dst, inputs=(src,)) as tmp:
+        if dst.endswith('.safetensors'):
+            save_file({k: v.contiguous() for k, v in out.items()}, tmp, metadata={'format': 'pt', **meta})
+        else:
+            torch.save({'state_dict': out, 'meta': meta}, tmp)
+
+
 def convert(src: str, dst: str, model_name: str = None) -> str:
+    """Write ``src`` converted to ``dst``; returns what was written (the model name, or the released config)."""
     src_file = transformers_weights_file(src) if os.path.isdir(src) else src
     state_dict = read_checkpoint(src_file)
+    if any(k.startswith('backbone.') for k in state_dict):
+        from efficientformer_timm.mm.released import released_task
+        if released_task(state_dict) is None:
+            raise CheckpointError(f'{src}: a backbone with neither Mask R-CNN heads (rpn_head / roi_head) nor a '
+                                  'Semantic FPN decode_head; only the authors\' COCO and ADE20K models convert')
+        config_path = released_config(state_dict, model_name)
+        convert_released(state_dict, src, dst, config_path)
+        return os.path.relpath(config_path, ROOT)
     model_name = model_name or infer_model_name(state_dict)
     kwargs = {}
     if os.path.isdir(src) and os.path.isfile(os.path.join(src, 'config.json')):
@@ -58,7 +101,10 @@ def main(argv=None):
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(f'wrote {args.output} ({name}, timm format)')
+    if name.endswith('.py'):
+        print(f'wrote {args.output}: an mmengine checkpoint for {name}')
+    else:
+        print(f'wrote {args.output} ({name}, timm format)')
     return 0
 
 

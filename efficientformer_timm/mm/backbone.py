@@ -78,6 +78,11 @@ class EfficientFormerBackbone(BaseModule):
         frozen_stages: -1 trains everything; k >= 0 freezes the stem, the first k stages and their output norms
             (no gradients, norms in eval).
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) while training.
+        fixed_grid_bias_resolution: ``None`` (default) resizes each attention's ImageNet bias table to the real
+            token grid (any input size). An input size in pixels (800 for the authors' COCO models, 512 for
+            ADE20K) uses the authors' dense-prediction scheme instead: one bias table for the token grid of that
+            input, the whole bias matrix resized bicubically to the real grid at every forward. Their trained
+            detectors and segmenters need it (``mm_configs/released``); ImageNet tables are resized to that grid.
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=None)``; the checkpoint is a timm hub id
             (``timm/efficientformer_l1.snap_dist_in1k``, downloaded into and then read from the Hugging Face
             cache), a URL or a local file in timm, the authors' release or transformers format, or an mmdet /
@@ -92,6 +97,7 @@ class EfficientFormerBackbone(BaseModule):
             drop_path_rate: float = 0.,
             frozen_stages: int = -1,
             norm_eval: bool = False,
+            fixed_grid_bias_resolution: Optional[int] = None,
             init_cfg: Optional[dict] = None,
     ):
         if model_name not in MODEL_NAMES:
@@ -99,6 +105,10 @@ class EfficientFormerBackbone(BaseModule):
         out_indices = tuple(out_indices)
         if not out_indices or any(not isinstance(i, int) or not 0 <= i <= 3 for i in out_indices):
             raise ValueError(f'EfficientFormerBackbone: out_indices {out_indices} must be stage indices in 0..3')
+        if fixed_grid_bias_resolution is not None and (
+                not isinstance(fixed_grid_bias_resolution, int) or fixed_grid_bias_resolution < 32):
+            raise ValueError(f'EfficientFormerBackbone: fixed_grid_bias_resolution={fixed_grid_bias_resolution!r} '
+                             'must be None or an input size in pixels (>= 32), e.g. 800 or 512')
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f'EfficientFormerBackbone: frozen_stages={frozen_stages} must be in -1..4')
         super().__init__(init_cfg)
@@ -113,6 +123,8 @@ class EfficientFormerBackbone(BaseModule):
             drop_path_rate=drop_path_rate)
         # keep the network itself so parameters are named backbone.model.<timm key>
         self.model = features.model
+        if fixed_grid_bias_resolution is not None:
+            self.model.use_fixed_grid_attention_bias(fixed_grid_bias_resolution)
         self.feature_info = features.feature_info
         self.out_channels = self.feature_info.channels()
         self._freeze_stages()
