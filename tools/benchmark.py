@@ -11,9 +11,9 @@ For each model and input size it times (eval, no grad) batch 1 (latency) and bat
   ours_fused_channels_last  fused, run in channels_last memory format
   ours_fused_compiled  (with --compile) fused, through torch.compile (inductor; compile time not timed)
   resize_table_every_forward  ours with the small offset table resized at every forward (no cache)
-  authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code: a full (N0, N0) matrix
-              for an R x R grid (R = 25 at detection sizes, 16 at segmentation sizes, 7 at 224) resized
-              bicubically to (N, N) at every forward
+  authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code (the fixed-grid option
+              for 800 px at detection sizes, 512 at segmentation sizes, 224 otherwise): the full (N0, N0) matrix
+              resized bicubically to (N, N) at every forward
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``. Also: FLOPs of
@@ -31,12 +31,11 @@ from datetime import datetime, timezone
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientformer_timm  # noqa: F401
-from efficientformer_timm._bias import GridAttentionBias, relative_offset_index
+from efficientformer_timm._bias import GridAttentionBias
 from efficientformer_timm.fuse import fuse_batchnorm
 from efficientformer_timm.variants import MODEL_NAMES
 
@@ -65,31 +64,17 @@ class ChannelsLast(torch.nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
-def authors_dense_grid(size):
-    """The bias grid side of the authors' dense configs: 25 (detection, 1333x800), 16 (segmentation, 512)."""
-    return 25 if max(size) >= 800 else 16 if max(size) >= 512 else 7
+def authors_dense_resolution(size):
+    """The input size the authors' dense configs made their bias grid for: 800 (detection), 512 (segmentation)."""
+    return 800 if max(size) >= 800 else 512 if max(size) >= 512 else 224
 
 
-def use_authors_dense_bias(model, side):
-    """Make every attention build its bias as the authors' dense code does, at every forward: gather the full
-    (heads, Nq0, N0) matrix of an ``side`` x ``side`` grid, then resize it bicubically to (Nq, N)."""
-    for module in model.modules():
-        if not isinstance(module, GridAttentionBias):
-            continue
-        with torch.no_grad():  # the authors learn this table directly at side x side; its values do not matter
-            table = F.interpolate(module.attention_biases.reshape(1, -1, *module.table_size), size=(side, side),
-                                  mode='bicubic', align_corners=False)[0].flatten(1)
-        module.dense_table = table
-        module.dense_index = relative_offset_index((side, side), module.query_stride)
-
-        def dense_bias(self, grid):
-            stride = self.query_stride
-            queries = -(-grid[0] // stride) * -(-grid[1] // stride)
-            matrix = self.dense_table[:, self.dense_index]
-            return F.interpolate(matrix[None], size=(queries, grid[0] * grid[1]), mode='bicubic',
-                                 align_corners=False)[0]
-        module._compute_attention_bias = types.MethodType(dense_bias, module)
-    return resize_every_forward(model)
+def authors_dense_bias_features(name, size):
+    """Features with the authors' mmdet / mmseg attention bias: the fixed-grid option of the model, with the bias
+    matrix resized at every forward as their code does (no eval cache)."""
+    features = timm.create_model(name, features_only=True, feature_cls='getter')
+    features.model.use_fixed_grid_attention_bias(authors_dense_resolution(size))
+    return resize_every_forward(features)
 
 
 def resize_every_forward(model):
@@ -108,7 +93,7 @@ def build_variants(name, size, device, compile_model=False):
     resnet = timm.create_model('resnet50', features_only=True).eval()
     variants = {'ours': ours, 'ours_fused': fused, 'ours_fused_channels_last': ChannelsLast(copy.deepcopy(fused)),
                 'resize_table_every_forward': resize,
-                'authors_dense_bias': use_authors_dense_bias(copy.deepcopy(ours), authors_dense_grid(size)),
+                'authors_dense_bias': authors_dense_bias_features(name, size),
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
     if compile_model:
         variants['ours_fused_compiled'] = torch.compile(copy.deepcopy(fused))
