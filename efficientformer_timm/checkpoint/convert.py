@@ -131,8 +131,8 @@ def _place(converted: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor], 
             _logger.info('resizing %s from a %dx%d to a %dx%d grid (antialiased bicubic over offsets)',
                          key, src, src, dst, dst)
             out[key] = resize_offset_table(value, (src, src), (dst, dst))
-        elif _mismatch(key, value, target[key]):
-            wrong.append(_mismatch(key, value, target[key]))
+        elif problem := _mismatch(key, value, target[key]):
+            wrong.append(problem)
         else:
             out[key] = value
     report.loaded += list(out)
