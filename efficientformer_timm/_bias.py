@@ -153,7 +153,9 @@ class GridAttentionBias(nn.Module):
         if torch.jit.is_scripting():
             return self._compute_attention_bias(grid).to(dtype)
         else:  # TorchScript compiles no else branch of is_scripting(): the cache (string keys) stays Python-only
-            if self.training or tracing_or_compiling():
+            # the eval cache is detached: a forward that needs the table's gradient computes the bias afresh
+            needs_grad = torch.is_grad_enabled() and self.attention_biases.requires_grad
+            if self.training or needs_grad or tracing_or_compiling():
                 return self._compute_attention_bias(grid).to(dtype)
             return self._cached_attention_bias(grid, dtype)
 

@@ -17,7 +17,7 @@ MIM = shutil.which('mim', path=os.path.dirname(sys.executable)) or 'mim'
 JOBS = {
     'mmdet': dict(config='mm_configs/toy/maskrcnn_l1_toy.py', data='coco', env='TOY_COCO_ROOT',
                   metric='coco/bbox_mAP', loss='loss'),
-    'mmseg': dict(config='mm_configs/toy/semfpn_l1_ade20k_toy.py', data='ade20k', env='TOY_ADE20K_ROOT',
+    'mmseg': dict(config='mm_configs/toy/semfpn_l1_toy.py', data='ade20k', env='TOY_ADE20K_ROOT',
                   metric='mIoU', loss='loss'),
 }
 

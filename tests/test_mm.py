@@ -114,7 +114,7 @@ def test_detector_loss_and_predict_at_odd_sizes():
 
 def test_segmentor_loss_and_predict_at_odd_sizes():
     from mmseg.structures import SegDataSample
-    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'semfpn_l1_ade20k_toy.py'))
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'semfpn_l1_toy.py'))
     init_default_scope('mmseg')
     model = MODELS.build(cfg.model)
     samples = []
@@ -180,6 +180,85 @@ def test_backbone_outputs_at_non_multiple_of_32():
         outs = backbone(torch.randn(1, 3, 333, 517))
     assert [tuple(o.shape) for o in outs] == [(1, 128, 42, 65), (1, 320, 21, 33), (1, 512, 11, 17)]
     assert backbone.out_channels == [128, 320, 512]
+
+
+def _fast_and_plain(name, **options):
+    """The backbone as configs build it (channels_last, BatchNorm folded in eval) and the plain one, same weights,
+    in float64 so that the paths' different summation orders stay far below the tolerances."""
+    fast = randomize_(EfficientFormerBackbone(name, **options)).double()
+    plain = EfficientFormerBackbone(name, channels_last=False, fold_bn_in_eval=False, **options).double()
+    plain.load_state_dict(fast.state_dict())
+    return fast, plain
+
+
+def _assert_close(actual, expected, rtol, atol=0.):
+    """Equal up to rtol of each tensor's largest magnitude (atol: for tensors that are zero in exact arithmetic,
+    such as the gradient of a convolution bias that a training-mode BatchNorm subtracts again)."""
+    for a, e in zip(actual, expected, strict=True):
+        assert a.shape == e.shape
+        assert (a - e).abs().max() <= rtol * e.abs().max() + atol, ((a - e).abs().max(), e.abs().max())
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_fast_path_trains_like_the_plain_path(name):
+    fast, plain = _fast_and_plain(name)
+    first_conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 97, 131, dtype=torch.float64)
+    outputs = []
+    for backbone in (fast, plain):
+        backbone.train()
+        outs = backbone(x)
+        sum((o * torch.linspace(-1, 1, o.shape[1]).view(1, -1, 1, 1)).square().mean() for o in outs).backward()
+        outputs.append(outs)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in outputs[0])
+    _assert_close(outputs[0], outputs[1], rtol=1e-9)
+    plain_grads = dict(plain.named_parameters())
+    for key, param in fast.named_parameters():
+        _assert_close([param.grad], [plain_grads[key].grad], rtol=1e-8, atol=1e-15)
+    # BatchNorm statistics were updated the same way
+    plain_state = plain.state_dict()
+    for key, value in fast.state_dict().items():
+        if 'running_' in key:
+            _assert_close([value], [plain_state[key]], rtol=1e-9)
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_fast_path_evaluates_like_the_plain_path_and_follows_weight_changes(name):
+    fast, plain = _fast_and_plain(name, fixed_grid_bias_resolution=512)
+    fast.eval(), plain.eval()
+    keys = set(fast.state_dict())
+    x = torch.randn(1, 3, 128, 160, dtype=torch.float64)
+    with torch.no_grad():
+        _assert_close(fast(x), plain(x), rtol=1e-9)
+    folded = fast.folded_model()
+    assert folded is not fast.model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert set(fast.state_dict()) == keys  # the folded copy is not saved
+
+    # new weights (a checkpoint loaded, or a training step in place) give a new folded copy
+    other = randomize_(EfficientFormerBackbone(name, fixed_grid_bias_resolution=512), seed=1).double().state_dict()
+    fast.load_state_dict(other), plain.load_state_dict(other)
+    with torch.no_grad():
+        _assert_close(fast(x), plain(x), rtol=1e-9)
+        assert fast.folded_model() is not folded
+        next(fast.model.parameters()).mul_(2), next(plain.model.parameters()).mul_(2)
+        _assert_close(fast(x), plain(x), rtol=1e-9)
+
+    # with gradients (eval-mode fine-tuning, saliency) the network itself runs and receives them
+    sum(o.sum() for o in fast(x)).backward()
+    assert all(p.grad is not None for p in fast.model.stages[-1].parameters())
+
+
+def test_fast_path_is_switched_off_in_the_config():
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'maskrcnn_l1.py'))
+    assert cfg.model.backbone.get('channels_last', True) and cfg.model.backbone.get('fold_bn_in_eval', True)
+    cfg.model.backbone.update(channels_last=False, fold_bn_in_eval=False, init_cfg=None)
+    backbone = MODELS.build(cfg.model.backbone).eval()
+    first_conv = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 64, 64))
+    assert backbone._folded is None
 
 
 def _init_backbone(name, path, prefix=None):

@@ -5,10 +5,15 @@
     python tools/make_synthetic_data.py ade20k OUT_DIR [--train N] [--val N] [--size S]
 
 coco: OUT_DIR/{train2017,val2017}/*.jpg and OUT_DIR/annotations/instances_{train,val}2017.json with polygon
-masks for three shape classes (square, disc, triangle), each of its own jittered hue, of random size and
-position on a noisy grey background. ade20k: OUT_DIR/images/{training,validation}/*.jpg and OUT_DIR/annotations/... *.png uint8 label
-maps with ADE20K's convention (0 = "other", reduce_zero_label maps it to 255 and class k to k - 1); the same
-shapes are labelled 1, 2 and 3.
+masks for three shape classes (square, disc, triangle). ade20k: the ADE20K folder layout,
+OUT_DIR/images/{training,validation}/*.jpg and OUT_DIR/annotations/{training,validation}/*.png, with uint8 label
+maps where every pixel counts: 0 = background, 1 = square, 2 = disc, 3 = triangle.
+
+Each scene holds 2-4 non-overlapping shapes of at least two classes, of random size and position on a noisy grey
+background. In the coco set a shape's colour is random, so only its shape tells the class: the detector has to
+learn shapes. In the ade20k set each class has its own range of hues (as sky or grass have theirs), so a
+pixel's class shows locally, but every background pixel counts too. Either way a few training iterations only
+find where the objects are.
 """
 import argparse
 import json
@@ -19,40 +24,46 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ('square', 'disc', 'triangle')
-# each class has its own hue (jittered per shape) on a grey background, so that the class of a pixel is visible
-# locally: semantic segmentation learns it in a few hundred CPU iterations, not only box-level detection
-CLASS_COLOURS = ((200, 50, 50), (50, 170, 60), (60, 80, 210))
+# the centre of each class's hue range (PIL's 0-255 hue scale) in the ade20k set: red, green, blue
+CLASS_HUES = (0, 85, 170)
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float):
+    """A shape inside the circle of radius r; all three of the same area (that of the triangle inscribed in the
+    circle), so that no class has fewer pixels than the others."""
+    area = 3 * math.sqrt(3) / 4 * r * r
     if kind == 'square':
-        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+        h = math.sqrt(area) / 2
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     if kind == 'triangle':
         return [(cx, cy - r), (cx + r * math.sqrt(3) / 2, cy + r / 2), (cx - r * math.sqrt(3) / 2, cy + r / 2)]
-    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+    d = math.sqrt(area / math.pi)
+    return [(cx + d * math.cos(a), cy + d * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
 
 
-def _scene(rng: np.random.Generator, size: int):
-    """A noisy background with 1-4 non-overlapping shapes: (image, [(class_idx, polygon)])."""
+def _scene(rng: np.random.Generator, size: int, class_hues: bool):
+    """A noisy background with 2-4 non-overlapping shapes of at least two classes: (image, [(class_idx, polygon)])."""
     base = rng.integers(90, 170)
     pixels = np.clip(base + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
+    count = int(rng.integers(2, 5))
+    classes = list(rng.permutation(len(CLASSES))) + list(rng.integers(0, len(CLASSES), count))
     shapes, placed = [], []
-    for _ in range(rng.integers(1, 5)):
-        for _attempt in range(20):
-            r = float(rng.uniform(size * 0.08, size * 0.2))
+    for cls in classes[:count]:
+        for _attempt in range(50):
+            r = float(rng.uniform(size * 0.1, size * 0.22))
             cx, cy = rng.uniform(r + 2, size - r - 2, 2)
             if all(math.hypot(cx - px, cy - py) > r + pr + 4 for px, py, pr in placed):
                 break
         else:
             continue
-        cls = int(rng.integers(0, len(CLASSES)))
         poly = _shape_polygon(CLASSES[cls], float(cx), float(cy), r)
-        colour = np.clip(np.array(CLASS_COLOURS[cls]) + rng.integers(-30, 31, 3), 0, 255)
-        draw.polygon(poly, fill=tuple(int(c) for c in colour))
+        hue = (CLASS_HUES[cls] + int(rng.integers(-20, 21))) % 256 if class_hues else int(rng.integers(0, 256))
+        colour = Image.new('HSV', (1, 1), (hue, int(rng.integers(120, 256)), int(rng.integers(120, 256))))
+        draw.polygon(poly, fill=colour.convert('RGB').getpixel((0, 0)))
         placed.append((cx, cy, r))
-        shapes.append((cls, poly))
+        shapes.append((int(cls), poly))
     return image, shapes
 
 
@@ -63,7 +74,7 @@ def make_coco(out_dir: str, n_train: int, n_val: int, size: int, seed: int = 0):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         images, annotations = [], []
         for i in range(count):
-            image, shapes = _scene(rng, size)
+            image, shapes = _scene(rng, size, class_hues=False)
             file_name = f'{i:06d}.jpg'
             image.save(os.path.join(out_dir, split, file_name), quality=95)
             images.append(dict(id=i + 1, file_name=file_name, width=size, height=size))
@@ -85,7 +96,7 @@ def make_ade20k(out_dir: str, n_train: int, n_val: int, size: int, seed: int = 0
         os.makedirs(os.path.join(out_dir, 'images', split), exist_ok=True)
         os.makedirs(os.path.join(out_dir, 'annotations', split), exist_ok=True)
         for i in range(count):
-            image, shapes = _scene(rng, size)
+            image, shapes = _scene(rng, size, class_hues=True)
             label = Image.new('L', (size, size), 0)
             draw = ImageDraw.Draw(label)
             for cls, poly in shapes:

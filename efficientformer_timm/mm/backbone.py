@@ -1,4 +1,6 @@
 """EfficientFormer V1 / V2 as an OpenMMLab backbone: a thin wrapper over the timm ``features_only`` model."""
+import copy
+import itertools
 import os
 import re
 import socket
@@ -14,6 +16,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import CheckpointError, LoadReport, convert_with_report, unwrap_state_dict
+from ..fuse import fuse_batchnorm
 from ..variants import MODEL_NAMES, V1_MODEL_NAMES
 
 
@@ -83,6 +86,12 @@ class EfficientFormerBackbone(BaseModule):
             ADE20K) uses the authors' dense-prediction scheme instead: one bias table for the token grid of that
             input, the whole bias matrix resized bicubically to the real grid at every forward. Their trained
             detectors and segmenters need it (``mm_configs/released``); ImageNet tables are resized to that grid.
+        channels_last: run the network in channels_last memory format (weights and input), faster for training
+            and inference (``tools/benchmark.py --train``); the outputs are channels_last tensors.
+        fold_bn_in_eval: in eval mode without gradients (validation, ``mim test``, inference) run a copy of the
+            network with every BatchNorm folded into its convolution. The copy is made again whenever a weight
+            or statistic changes, and is not part of the state dict; training and any forward with gradients
+            use the network itself.
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=None)``; the checkpoint is a timm hub id
             (``timm/efficientformer_l1.snap_dist_in1k``, downloaded into and then read from the Hugging Face
             cache), a URL or a local file in timm, the authors' release or transformers format, or an mmdet /
@@ -98,6 +107,8 @@ class EfficientFormerBackbone(BaseModule):
             frozen_stages: int = -1,
             norm_eval: bool = False,
             fixed_grid_bias_resolution: Optional[int] = None,
+            channels_last: bool = True,
+            fold_bn_in_eval: bool = True,
             init_cfg: Optional[dict] = None,
     ):
         if model_name not in MODEL_NAMES:
@@ -127,6 +138,11 @@ class EfficientFormerBackbone(BaseModule):
             self.model.use_fixed_grid_attention_bias(fixed_grid_bias_resolution)
         self.feature_info = features.feature_info
         self.out_channels = self.feature_info.channels()
+        self.channels_last = channels_last
+        self.fold_bn_in_eval = fold_bn_in_eval
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._folded = None  # (weights' identity, folded copy): a plain tuple, so neither a submodule nor saved
         self._freeze_stages()
 
     def init_weights(self):
@@ -202,5 +218,19 @@ class EfficientFormerBackbone(BaseModule):
                     m.eval()
         return self
 
+    def folded_model(self) -> torch.nn.Module:
+        """The network with BatchNorm folded, remade when any parameter or buffer was replaced or changed in place
+        (optimizer steps, checkpoint loading, EMA swaps change a tensor's storage or version counter)."""
+        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, fuse_batchnorm(copy.deepcopy(self.model)))
+        return self._folded[1]
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        return tuple(self.model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))
+        model = self.model
+        if self.fold_bn_in_eval and not self.training and not torch.is_grad_enabled():
+            model = self.folded_model()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return tuple(model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))

@@ -1,9 +1,9 @@
 # A few-minute CPU run of the real Mask R-CNN L1 config on the synthetic COCO-format set written by
-# tools/make_synthetic_data.py (3 shape classes, 256px images). Used by `make demo` and the tests.
+# tools/make_synthetic_data.py (3 shape classes of random colours, 256px images). Used by `make demo` and the tests.
 _base_ = ['../maskrcnn_l1.py']
 
 data_root = '{{$TOY_COCO_ROOT:demo_out/toy_coco/}}'
-metainfo = dict(classes=('square', 'disc', 'triangle'))
+metainfo = dict(classes=('square', 'disc', 'triangle'), palette=[(220, 20, 60), (0, 160, 80), (30, 90, 230)])
 image_scale = (256, 256)
 
 # Narrower neck and heads and fewer sampled boxes than the 1x recipe keep a CPU iteration near a second.
