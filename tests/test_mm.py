@@ -211,7 +211,7 @@ def test_fast_path_trains_like_the_plain_path(name):
         outs = backbone(x)
         sum((o * torch.linspace(-1, 1, o.shape[1]).view(1, -1, 1, 1)).square().mean() for o in outs).backward()
         outputs.append(outs)
-    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in outputs[0])
+    assert all(o.is_contiguous() for o in outputs[0])  # the layout necks and mmcv ops expect
     _assert_close(outputs[0], outputs[1], rtol=1e-9)
     plain_grads = dict(plain.named_parameters())
     for key, param in fast.named_parameters():
@@ -247,6 +247,36 @@ def test_fast_path_evaluates_like_the_plain_path_and_follows_weight_changes(name
     # with gradients (eval-mode fine-tuning, saliency) the network itself runs and receives them
     sum(o.sum() for o in fast(x)).backward()
     assert all(p.grad is not None for p in fast.model.stages[-1].parameters())
+
+
+def test_detector_with_the_fast_backbone_trains_and_predicts_like_the_plain_one():
+    """The whole Mask R-CNN (FPN, RPN, mmcv's RoIAlign on the features) sees the same features either way."""
+    from mmdet.testing import demo_mm_inputs
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'maskrcnn_l1_toy.py'))
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    fast = MODELS.build(cfg.model)
+    randomize_(fast.backbone)  # not the whole model: the data preprocessor's mean / std are unsaved buffers
+    cfg.model.backbone.update(channels_last=False, fold_bn_in_eval=False)
+    plain = MODELS.build(cfg.model)
+    plain.load_state_dict(fast.state_dict())
+    packed = demo_mm_inputs(2, [(3, 160, 224), (3, 192, 160)], num_items=[3, 2], num_classes=3, with_mask=True)
+    losses = []
+    for model in (fast, plain):
+        torch.manual_seed(1)  # the same RPN / RoI samples
+        losses.append(model(**model.data_preprocessor(packed, True), mode='loss'))
+    for key, value in losses[1].items():
+        if 'loss' in key:
+            _assert_close(losses[0][key] if isinstance(value, list) else [losses[0][key]],
+                          value if isinstance(value, list) else [value], rtol=1e-3)  # float32 layouts
+    # evaluation: BatchNorm folded; the RoI head reads the features through mmcv's RoIAlign
+    rois = torch.tensor([[0, 10., 20., 120., 150.], [1, 30., 5., 90., 180.]])
+    outputs = []
+    with torch.no_grad():
+        for model in (fast.eval(), plain.eval()):
+            features = model.extract_feat(model.data_preprocessor(packed, False)['inputs'])
+            outputs.append([*features, *model.roi_head._bbox_forward(features, rois).values()])
+    _assert_close(outputs[0], outputs[1], rtol=1e-4)
 
 
 def test_fast_path_is_switched_off_in_the_config():

@@ -2,10 +2,11 @@
 """Side-by-side speed of the EfficientFormer features_only backbone, in one process, interleaved run by run.
 
     python tools/benchmark.py [--models efficientformer_l1 ...] [--sizes 224 512 800x1333] [--threads 2]
-                              [--repeats 15] [--json benchmark.json] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
-                              [--compile] [--profile]
+                              [--repeats 15] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--compile] [--profile]
+                              [--train [--cases 512x512:4 800x1333:2]] [--json FILE.json] [--plot FILE.png]
 
-For each model and input size it times (eval, no grad) batch 1 (latency) and batch 8 (throughput):
+Inference (default): for each model and input size it times (eval, no grad) batch 1 (latency) and batch 8
+(throughput):
   ours        this package's features model (resized attention biases cached per grid)
   ours_fused  the same with BatchNorm folded into the convolutions (``fuse_bn=True``)
   ours_fused_channels_last  fused, run in channels_last memory format
@@ -14,15 +15,25 @@ For each model and input size it times (eval, no grad) batch 1 (latency) and bat
   authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code (the fixed-grid option
               for 800 px at detection sizes, 512 at segmentation sizes, 224 otherwise): the full (N0, N0) matrix
               resized bicubically to (N, N) at every forward
+  mm_backbone the OpenMMLab backbone as the mm configs build it (channels_last, BatchNorm folded in eval)
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
-Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``. Also: FLOPs of
-our backbone (torch.utils.flop_counter), the GFLOP/s it achieves, the machine's fp32 matmul GFLOP/s measured
-in the same run, and peak memory of one forward (CUDA: max_memory_allocated; CPU: torch profiler allocations).
+
+--train: one training step (train mode, forward and backward of the mean of every output) at the input sizes
+and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the authors' dense backbones:
+  ours, ours_channels_last, mm_backbone (as the configs build it), mm_backbone_plain (channels_last=False),
+  authors_dense_bias, resnet50, resnet50_channels_last
+
+Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, and peak memory
+(CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler). Inference also reports the FLOPs of
+our backbone (torch.utils.flop_counter), the GFLOP/s it achieves and the machine's fp32 matmul GFLOP/s measured
+in the same run. The performance targets are checked against the figures of the run. --json writes the rows,
+--plot draws time against input size per variant (matplotlib).
 """
 import argparse
 import copy
 import json
+import math
 import platform
 import statistics
 import time
@@ -37,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import efficientformer_timm  # noqa: F401
 from efficientformer_timm._bias import GridAttentionBias
 from efficientformer_timm.fuse import fuse_batchnorm
-from efficientformer_timm.variants import MODEL_NAMES
+from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES
 
 DEFAULT_MODELS = list(MODEL_NAMES)
 
@@ -69,12 +80,21 @@ def authors_dense_resolution(size):
     return 800 if max(size) >= 800 else 512 if max(size) >= 512 else 224
 
 
-def authors_dense_bias_features(name, size):
+def authors_dense_bias_features(name, size, **kwargs):
     """Features with the authors' mmdet / mmseg attention bias: the fixed-grid option of the model, with the bias
     matrix resized at every forward as their code does (no eval cache)."""
-    features = timm.create_model(name, features_only=True, feature_cls='getter')
+    features = timm.create_model(name, features_only=True, feature_cls='getter', **kwargs)
     features.model.use_fixed_grid_attention_bias(authors_dense_resolution(size))
     return resize_every_forward(features)
+
+
+def mm_backbone(name, **kwargs):
+    """The OpenMMLab backbone as the mm configs build it (None without the `mm` extra)."""
+    try:
+        from efficientformer_timm.mm import EfficientFormerBackbone
+    except ImportError:
+        return None
+    return EfficientFormerBackbone(name, **kwargs)
 
 
 def resize_every_forward(model):
@@ -99,7 +119,27 @@ def build_variants(name, size, device, compile_model=False):
         variants['ours_fused_compiled'] = torch.compile(copy.deepcopy(fused))
     if size == (224, 224):
         variants['timm_builtin'] = builtin_features(name)
-    return {k: v.eval().to(device) for k, v in variants.items()}
+    variants['mm_backbone'] = mm_backbone(name)
+    return _available({k: v.eval() if v is not None else None for k, v in variants.items()}, device)
+
+
+def build_train_variants(name, size, device):
+    norms = dict(feature_norm=name in V1_MODEL_NAMES)  # the authors' dense backbones: GroupNorm for V1, none for V2
+    ours = timm.create_model(name, features_only=True, **norms)
+    resnet = timm.create_model('resnet50', features_only=True)
+    variants = {'ours': ours, 'ours_channels_last': ChannelsLast(copy.deepcopy(ours)),
+                'mm_backbone': mm_backbone(name),
+                'mm_backbone_plain': mm_backbone(name, channels_last=False, fold_bn_in_eval=False),
+                'authors_dense_bias': authors_dense_bias_features(name, size, **norms),
+                'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
+    return _available({k: v.train() if v is not None else None for k, v in variants.items()}, device)
+
+
+def _available(variants, device):
+    missing = [k for k, v in variants.items() if v is None]
+    if missing:
+        print(f'# not measured: {", ".join(missing)} (needs the OpenMMLab stack: pip install -e ".[mm]")')
+    return {k: v.to(device) for k, v in variants.items() if v is not None}
 
 
 def sync(device):
@@ -107,11 +147,23 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_once(model, x, device, autocast_dtype):
+def infer(model, x, autocast_dtype):
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        model(x)
+
+
+def train_step(model, x, autocast_dtype):
+    """Forward and backward of the mean of every output (the gradients are dropped before the next step)."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        outputs = model(x)
+    sum(o.float().mean() for o in outputs).backward()
+
+
+def time_once(step, model, x, device, autocast_dtype):
     sync(device)
     start = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        model(x)
+    step(model, x, autocast_dtype)
     sync(device)
     return time.perf_counter() - start
 
@@ -123,15 +175,14 @@ def count_flops(model, x):
     return counter.get_total_flops()
 
 
-def peak_memory_mb(model, x, device):
+def peak_memory_mb(step, model, x, device, autocast_dtype):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        with torch.no_grad():
-            model(x)
+        step(model, x, autocast_dtype)
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
-        model(x)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(model, x, autocast_dtype)
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         if not event.cpu_children:
@@ -165,11 +216,125 @@ def matmul_gflops(device, repeats):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+def measure(step, variants, x, device, autocast_dtype, repeats, warmup):
+    """Median seconds per variant, interleaved: every variant once per repeat."""
+    for _ in range(warmup):
+        for model in variants.values():
+            time_once(step, model, x, device, autocast_dtype)
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for key, model in variants.items():
+            times[key].append(time_once(step, model, x, device, autocast_dtype))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_inference(args, device, autocast_dtype, machine):
+    print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB |')
+    print('|---|---|---|---|---|---|---|---|')
+    rows = []
+    for name in args.models:
+        for size_text in args.sizes:
+            size = parse_size(size_text)
+            variants = build_variants(name, size, device, args.compile)
+            for batch in args.batches:
+                x = torch.randn(batch, 3, *size, device=device)
+                medians = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
+                flops = count_flops(variants['ours'], x)
+                if args.profile:
+                    for key in ('ours', 'ours_fused_channels_last'):
+                        print_profile(variants[key], x, f'{name} {size[0]}x{size[1]} batch {batch} {key}')
+                for key in variants:
+                    row = dict(mode='inference', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
+                               median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
+                               peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype),
+                               achieved_gflops_per_s=flops / medians[key] / 1e9)
+                    row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
+                    rows.append(row)
+                    achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
+                    print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
+                          f"{row['ratio_to_ours']:.2f} | {achieved} | {row['peak_mb']:.0f} |", flush=True)
+    return rows
+
+
+def run_train(args, device, autocast_dtype):
+    print('| model | size | batch | variant | train step median ms | ratio to ours | peak MB |')
+    print('|---|---|---|---|---|---|---|')
+    rows = []
+    for name in args.models:
+        for case in args.cases:
+            size_text, _, batch = case.partition(':')
+            size, batch = parse_size(size_text), int(batch or 1)
+            variants = build_train_variants(name, size, device)
+            x = torch.randn(batch, 3, *size, device=device)
+            medians = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
+            for key in variants:
+                row = dict(mode='train', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
+                           median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
+                           peak_mb=peak_memory_mb(train_step, variants[key], x, device, autocast_dtype))
+                rows.append(row)
+                print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
+                      f"{row['ratio_to_ours']:.2f} | {row['peak_mb']:.0f} |", flush=True)
+    return rows
+
+
+def report_targets(rows):
+    """The performance targets, checked against this run's figures (those it measured)."""
+    lines = []
+    for r in rows:
+        if r['mode'] == 'train' and r['variant'] == 'mm_backbone':
+            ref = next((q for q in rows if q['mode'] == 'train' and q['variant'] == 'authors_dense_bias'
+                        and (q['model'], q['size'], q['batch']) == (r['model'], r['size'], r['batch'])), None)
+            if ref:
+                ratio = r['median_ms'] / ref['median_ms']
+                lines.append((f"{r['model']} {r['size']} batch {r['batch']}: mm backbone train step "
+                              "<= 0.70x the authors' dense backbone", f'{ratio:.2f}x', ratio <= 0.70))
+        if r['mode'] == 'inference' and r['batch'] == 1 and r['size'] == '800x1333' and r['variant'] == 'ours' \
+                and r['model'] == 'efficientformer_l1':
+            resnet = next((q for q in rows if q['mode'] == 'inference' and q['variant'] == 'resnet50'
+                           and (q['model'], q['size'], q['batch']) == (r['model'], r['size'], 1)), None)
+            if resnet:
+                ratio = r['median_ms'] / resnet['median_ms']
+                lines.append(('L1 plain features at 800x1333 <= 0.45x resnet50', f'{ratio:.2f}x', ratio <= 0.45))
+        if r['mode'] == 'inference' and r['variant'] in ('ours_fused_channels_last', 'mm_backbone') \
+                and r['size'] == '800x1333':
+            lines.append((f"{r['model']} {r['size']} batch {r['batch']} {r['variant']}: >= 0.70 of the matmul "
+                          'GFLOP/s', f"{r['fraction_of_matmul']:.2f}", r['fraction_of_matmul'] >= 0.70))
+    if lines:
+        print('\n| target | measured | met |\n|---|---|---|')
+        for target, measured, met in lines:
+            print(f'| {target} | {measured} | {"yes" if met else "no"} |')
+
+
+def plot(rows, path):
+    """Median time against input size (megapixels), one line per variant, one panel per model / mode / batch."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    groups = sorted({(r['model'], r['mode'], r['batch']) for r in rows})
+    figure, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for axis, (model, mode, batch) in zip(axes[0], groups):
+        group = [r for r in rows if (r['model'], r['mode'], r['batch']) == (model, mode, batch)]
+        for variant in dict.fromkeys(r['variant'] for r in group):
+            points = sorted((math.prod(parse_size(r['size'])) / 1e6, r['median_ms'])
+                            for r in group if r['variant'] == variant)
+            axis.plot(*zip(*points), marker='o', label=variant)
+        axis.set_title(f'{model}, {"training step" if mode == "train" else "inference"}, batch {batch}')
+        axis.set_xlabel('input size (megapixels)')
+        axis.set_ylabel('median ms')
+        axis.legend(fontsize='small')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS)
     parser.add_argument('--sizes', nargs='+', default=['224', '512', '800x1333'])
     parser.add_argument('--batches', nargs='+', type=int, default=[1, 8])
+    parser.add_argument('--train', action='store_true', help='time training steps instead of inference')
+    parser.add_argument('--cases', nargs='+', default=['512x512:4', '800x1333:2'],
+                        help="--train: SIZE:BATCH pairs (default: the mm configs' per-GPU batches)")
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=3)
@@ -178,7 +343,8 @@ def main(argv=None):
     parser.add_argument('--compile', action='store_true', help='add torch.compile of the fused model (slow to build)')
     parser.add_argument('--profile', action='store_true',
                         help='also print the top operators of one forward of ours and ours_fused_channels_last')
-    parser.add_argument('--json', default='benchmark.json')
+    parser.add_argument('--json', help='write the machine facts and every row to this file')
+    parser.add_argument('--plot', help='draw time against input size per variant into this PNG')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -193,42 +359,16 @@ def main(argv=None):
     machine['matmul_fp32_gflops'] = matmul_gflops(device, max(args.repeats, 10))
     print(f"# {machine['date']} {machine['device']} {machine['gpu'] or machine['cpu']}, {args.threads} threads, "
           f"{args.dtype}; fp32 2048^3 matmul: {machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
-    print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB |')
-    print('|---|---|---|---|---|---|---|---|')
-    results = []
-    for name in args.models:
-        for size_text in args.sizes:
-            size = parse_size(size_text)
-            variants = build_variants(name, size, device, args.compile)
-            for batch in args.batches:
-                x = torch.randn(batch, 3, *size, device=device)
-                for _ in range(args.warmup):
-                    for model in variants.values():
-                        time_once(model, x, device, autocast_dtype)
-                times = {k: [] for k in variants}
-                for _ in range(args.repeats):  # interleaved: every variant once per repeat
-                    for key, model in variants.items():
-                        times[key].append(time_once(model, x, device, autocast_dtype))
-                flops = count_flops(variants['ours'], x)
-                if args.profile:
-                    for key in ('ours', 'ours_fused_channels_last'):
-                        print_profile(variants[key], x, f'{name} {size[0]}x{size[1]} batch {batch} {key}')
-                medians = {k: statistics.median(v) for k, v in times.items()}
-                for key in variants:
-                    row = dict(model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
-                               median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
-                               peak_mb=peak_memory_mb(variants[key], x, device))
-                    if key == 'ours':
-                        row['gflops'] = flops / 1e9
-                        row['achieved_gflops_per_s'] = flops / medians['ours'] / 1e9
-                        row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
-                    results.append(row)
-                    achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
-                    print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
-                          f"{row['ratio_to_ours']:.2f} | {achieved} | {row['peak_mb']:.0f} |", flush=True)
-    with open(args.json, 'w') as f:
-        json.dump(dict(machine=machine, results=results), f, indent=1)
-    print(f'wrote {args.json}')
+    rows = run_train(args, device, autocast_dtype) if args.train else run_inference(args, device, autocast_dtype,
+                                                                                    machine)
+    report_targets(rows)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=machine, results=rows), f, indent=1)
+        print(f'wrote {args.json}')
+    if args.plot:
+        plot(rows, args.plot)
+        print(f'wrote {args.plot}')
 
 
 if __name__ == '__main__':

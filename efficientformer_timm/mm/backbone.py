@@ -87,7 +87,8 @@ class EfficientFormerBackbone(BaseModule):
             input, the whole bias matrix resized bicubically to the real grid at every forward. Their trained
             detectors and segmenters need it (``mm_configs/released``); ImageNet tables are resized to that grid.
         channels_last: run the network in channels_last memory format (weights and input), faster for training
-            and inference (``tools/benchmark.py --train``); the outputs are channels_last tensors.
+            and inference (``tools/benchmark.py --train``). The outputs are returned in the standard contiguous
+            layout, which necks and heads with compiled ops (mmcv's RoIAlign reads raw NCHW memory) expect.
         fold_bn_in_eval: in eval mode without gradients (validation, ``mim test``, inference) run a copy of the
             network with every BatchNorm folded into its convolution. The copy is made again whenever a weight
             or statistic changes, and is not part of the state dict; training and any forward with gradients
@@ -231,6 +232,8 @@ class EfficientFormerBackbone(BaseModule):
         model = self.model
         if self.fold_bn_in_eval and not self.training and not torch.is_grad_enabled():
             model = self.folded_model()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return tuple(model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))
+        if not self.channels_last:
+            return tuple(model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))
+        x = x.contiguous(memory_format=torch.channels_last)
+        outputs = model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
+        return tuple(o.contiguous() for o in outputs)
