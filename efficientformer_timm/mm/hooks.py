@@ -16,6 +16,8 @@ class StopOnInvalidLossHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loss = (outputs or {}).get('loss')
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
         if loss is not None and not math.isfinite(float(loss)):
             raise RuntimeError(
                 f'loss is {float(loss)} at iteration {runner.iter + 1}: training stopped before writing a checkpoint. '
