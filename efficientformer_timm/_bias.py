@@ -154,8 +154,8 @@ class GridAttentionBias(nn.Module):
             return self._compute_attention_bias(grid).to(dtype)
         else:  # TorchScript compiles no else branch of is_scripting(): the cache (string keys) stays Python-only
             # the eval cache is detached: a forward that needs the table's gradient computes the bias afresh
-            needs_grad = torch.is_grad_enabled() and self.attention_biases.requires_grad
-            if self.training or needs_grad or tracing_or_compiling():
+            if self.training or tracing_or_compiling() or (
+                    torch.is_grad_enabled() and self.attention_biases.requires_grad):
                 return self._compute_attention_bias(grid).to(dtype)
             return self._cached_attention_bias(grid, dtype)
 

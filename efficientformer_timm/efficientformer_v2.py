@@ -28,6 +28,31 @@ from .variants import EFFICIENTFORMERV2_ARCHS
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
 
 
+def mix_heads(conv: nn.Conv2d, attn: torch.Tensor) -> torch.Tensor:
+    """``conv(attn)`` for a 1x1 convolution across the heads of (B, heads, N, M) attention maps (talking heads), as
+    one batched matrix product with the bias added in the same kernel: PyTorch's CPU convolution takes its slow
+    im2col path for these maps of few channels and many pixels."""
+    B, heads, N, M = attn.shape
+    weight = conv.weight.reshape(1, heads, heads).expand(B, -1, -1)
+    flat = attn.reshape(B, heads, N * M)
+    bias = conv.bias
+    mixed = torch.bmm(weight, flat) if bias is None else torch.baddbmm(bias.reshape(1, heads, 1), weight, flat)
+    return mixed.reshape(B, heads, N, M)
+
+
+def heads_to_map(x: torch.Tensor, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(B, heads, h * w, d) attention output as a (B, heads * d, h, w) map in the memory format of ``like``: a
+    channels_last network stays channels_last after attention (a contiguous map here would send the following
+    convolutions to PyTorch's slower NCHW path)."""
+    B, heads, _, d = x.shape
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return x.permute(0, 2, 1, 3).reshape(B, h, w, heads * d).permute(0, 3, 1, 2)
+    return x.transpose(2, 3).reshape(B, heads * d, h, w)
+
+
+torch.fx.wrap('heads_to_map')  # a leaf call in FX graphs: it branches on the memory format
+
+
 class Attention2d(GridAttentionBias):
     """Attention over a NCHW map with talking heads; ``stride=2`` attends on a strided copy and upsamples
     back to the input size."""
@@ -67,12 +92,13 @@ class Attention2d(GridAttentionBias):
         v_local = self.v_local(v)
         v = v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
 
-        attn = (q @ k) * self.scale + self.attention_bias((h, w), q.dtype)
-        attn = self.talking_head1(attn)
+        # the (B, heads, N, N) maps are the large tensors at detection sizes: scale q instead, add the bias in place
+        attn = ((q * self.scale) @ k).add_(self.attention_bias((h, w), q.dtype))
+        attn = mix_heads(self.talking_head1, attn)
         attn = attn.softmax(dim=-1)
-        attn = self.talking_head2(attn)
+        attn = mix_heads(self.talking_head2, attn)
 
-        x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+        x = heads_to_map(attn @ v, h, w, like=v_local) + v_local
         if self.stride_conv is not None:
             x = F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
         return self.proj(self.act(x))
@@ -111,9 +137,9 @@ class Attention2dDownsample(GridAttentionBias):
 
         # explicit attention: here (q and v head sizes 16 / 64, Nq != Nk) scaled_dot_product_attention takes
         # its slower math path on CPU (measured 1.06x the time at 800x1333)
-        attn = (q @ k) * self.scale + self.attention_bias((H, W), q.dtype)
+        attn = ((q * self.scale) @ k).add_(self.attention_bias((H, W), q.dtype))
         attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+        x = heads_to_map(attn @ v, h, w, like=v_local) + v_local
         return self.proj(self.act(x))
 
 

@@ -3,8 +3,9 @@
 
 For Mask R-CNN (mm_configs/toy/maskrcnn_l1_toy.py) and Semantic FPN (mm_configs/toy/semfpn_l1_toy.py), both
 inheriting the real EfficientFormer-L1 configs:
-1. writes a small synthetic set of shapes (square, disc, triangle of random colours, so that only the shape tells
-   the class) in COCO format / ADE20K's folder layout with background as a class (tools/make_synthetic_data.py);
+1. writes a small synthetic set of shapes (square, disc, triangle; tools/make_synthetic_data.py): in COCO format
+   with random colours, so that only the shape tells the class, or in ADE20K's folder layout with background as
+   a class and a range of hues per class;
 2. saves the freshly initialised model and evaluates it (COCO box mAP / mIoU over all classes, background
    included);
 3. trains that same model with `mim train` on the CPU and evaluates it again;
@@ -168,8 +169,7 @@ def draw_pictures(task: Task, runner, out_dir: str) -> list:
 def run_task(task: Task, out: str, iters: int | None = None) -> dict:
     from make_synthetic_data import make_ade20k, make_coco
     data = os.path.join(out, f'toy_{task.data_kind}') + '/'
-    if not os.path.isdir(data):
-        (make_coco if task.data_kind == 'coco' else make_ade20k)(data, n_train=64, n_val=16, size=256)
+    (make_coco if task.data_kind == 'coco' else make_ade20k)(data, n_train=64, n_val=16, size=256)
     work_dir = os.path.join(out, task.name)
     os.makedirs(work_dir, exist_ok=True)
 
@@ -181,7 +181,7 @@ def run_task(task: Task, out: str, iters: int | None = None) -> dict:
     trained = train(task, data, os.path.join(work_dir, 'train'), initial, iters)
     after, runner = evaluate(task, data, os.path.join(work_dir, 'eval_trained'), trained, 'trained')
     pictures = draw_pictures(task, runner, os.path.join(work_dir, 'pictures'))
-    return dict(before=before[task.metric], after=after[task.metric], pictures=pictures, metrics=after)
+    return dict(before=before[task.metric], after=after[task.metric], pictures=pictures)
 
 
 def main(argv=None):
