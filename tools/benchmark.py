@@ -142,6 +142,16 @@ def _available(variants, device):
     return {k: v.to(device) for k, v in variants.items() if v is not None}
 
 
+def select(variants, names):
+    """The variants named (all when None); ``ours`` always, as the reference of the ratios."""
+    if names is None:
+        return variants
+    absent = sorted(set(names) - set(variants))
+    if absent:
+        print(f'# not measured here: {", ".join(absent)} (this mode and size has {", ".join(variants)})')
+    return {k: v for k, v in variants.items() if k == 'ours' or k in names}
+
+
 def sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize()
@@ -235,20 +245,22 @@ def run_inference(args, device, autocast_dtype, machine):
     for name in args.models:
         for size_text in args.sizes:
             size = parse_size(size_text)
-            variants = build_variants(name, size, device, args.compile)
+            variants = select(build_variants(name, size, device, args.compile), args.variants)
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size, device=device)
                 medians = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
                 flops = count_flops(variants['ours'], x)
                 if args.profile:
-                    for key in ('ours', 'ours_fused_channels_last'):
+                    for key in ('ours', 'ours_fused_channels_last') & variants.keys():
                         print_profile(variants[key], x, f'{name} {size[0]}x{size[1]} batch {batch} {key}')
                 for key in variants:
                     row = dict(mode='inference', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                                median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
-                               peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype),
-                               achieved_gflops_per_s=flops / medians[key] / 1e9)
-                    row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
+                               peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype))
+                    if not key.startswith('resnet50'):  # the same network as ours: its FLOPs
+                        row['gflops'] = flops / 1e9
+                        row['achieved_gflops_per_s'] = flops / medians[key] / 1e9
+                        row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
                     rows.append(row)
                     achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
                     print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
@@ -264,7 +276,7 @@ def run_train(args, device, autocast_dtype):
         for case in args.cases:
             size_text, _, batch = case.partition(':')
             size, batch = parse_size(size_text), int(batch or 1)
-            variants = build_train_variants(name, size, device)
+            variants = select(build_train_variants(name, size, device), args.variants)
             x = torch.randn(batch, 3, *size, device=device)
             medians = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
             for key in variants:
@@ -335,6 +347,7 @@ def main(argv=None):
     parser.add_argument('--train', action='store_true', help='time training steps instead of inference')
     parser.add_argument('--cases', nargs='+', default=['512x512:4', '800x1333:2'],
                         help="--train: SIZE:BATCH pairs (default: the mm configs' per-GPU batches)")
+    parser.add_argument('--variants', nargs='+', help='measure only these variants (and ours); default: all')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=3)
