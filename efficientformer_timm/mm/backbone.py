@@ -232,7 +232,8 @@ class EfficientFormerBackbone(BaseModule):
         model = self.model
         if self.fold_bn_in_eval and not self.training and not torch.is_grad_enabled():
             model = self.folded_model()
-        if not self.channels_last:
+        # anything but a 4-D tensor goes straight to the model, whose input check says what is wrong
+        if not (self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4):
             return tuple(model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))
         x = x.contiguous(memory_format=torch.channels_last)
         outputs = model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
