@@ -28,14 +28,13 @@ from .variants import EFFICIENTFORMERV2_ARCHS
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
 
 
-def mix_heads(conv: nn.Conv2d, attn: torch.Tensor) -> torch.Tensor:
-    """``conv(attn)`` for a 1x1 convolution across the heads of (B, heads, N, M) attention maps (talking heads), as
-    one batched matrix product with the bias added in the same kernel: PyTorch's CPU convolution takes its slow
+def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 1x1 convolution (``weight``, ``bias``) across the heads of (B, heads, N, M) attention maps (talking heads),
+    as one batched matrix product with the bias added in the same kernel: PyTorch's CPU convolution takes its slow
     im2col path for these maps of few channels and many pixels."""
     B, heads, N, M = attn.shape
-    weight = conv.weight.reshape(1, heads, heads).expand(B, -1, -1)
+    weight = weight.reshape(1, heads, heads).expand(B, -1, -1)
     flat = attn.reshape(B, heads, N * M)
-    bias = conv.bias
     mixed = torch.bmm(weight, flat) if bias is None else torch.baddbmm(bias.reshape(1, heads, 1), weight, flat)
     return mixed.reshape(B, heads, N, M)
 
@@ -94,9 +93,9 @@ class Attention2d(GridAttentionBias):
 
         # the (B, heads, N, N) maps are the large tensors at detection sizes: scale q instead, add the bias in place
         attn = ((q * self.scale) @ k).add_(self.attention_bias((h, w), q.dtype))
-        attn = mix_heads(self.talking_head1, attn)
+        attn = mix_heads(attn, self.talking_head1.weight, self.talking_head1.bias)
         attn = attn.softmax(dim=-1)
-        attn = mix_heads(self.talking_head2, attn)
+        attn = mix_heads(attn, self.talking_head2.weight, self.talking_head2.bias)
 
         x = heads_to_map(attn @ v, h, w, like=v_local) + v_local
         if self.stride_conv is not None:
