@@ -86,9 +86,10 @@ class EfficientFormerBackbone(BaseModule):
             ADE20K) uses the authors' dense-prediction scheme instead: one bias table for the token grid of that
             input, the whole bias matrix resized bicubically to the real grid at every forward. Their trained
             detectors and segmenters need it (``mm_configs/released``); ImageNet tables are resized to that grid.
-        channels_last: run the network in channels_last memory format (weights and input), faster for training
-            and inference (``tools/benchmark.py --train``). The outputs are returned in the standard contiguous
-            layout, which necks and heads with compiled ops (mmcv's RoIAlign reads raw NCHW memory) expect.
+        channels_last: run the network in channels_last memory format (weights and input): on CPU faster for
+            training and inference at detection sizes, at par for V2 at 512 (``tools/benchmark.py --train``).
+            The outputs are returned in the standard contiguous layout, which necks and heads with compiled ops
+            (mmcv's RoIAlign reads raw NCHW memory) expect.
         fold_bn_in_eval: in eval mode without gradients (validation, ``mim test``, inference) run a copy of the
             network with every BatchNorm folded into its convolution. The copy is made again whenever a weight
             or statistic changes, and is not part of the state dict; training and any forward with gradients
