@@ -64,6 +64,12 @@ def antialiased_bicubic_weights(in_size: int, out_size: int, device: Optional[to
     return weights / weights.sum(1, keepdim=True)
 
 
+def ceil_div(size: int, stride: int) -> int:
+    """Output size of a stride-``stride`` step that rounds up (every strided conv here pads to keep the edge).
+    No negation: torch.export cannot bound ``-(-size // stride)`` for a symbolic size."""
+    return (size + stride - 1) // stride
+
+
 def relative_offset_index(
         grid: Tuple[int, int], query_stride: int = 1, device: Optional[torch.device] = None) -> torch.Tensor:
     """Index into a flattened (H * W) offset table for queries on every ``query_stride``-th point of ``grid``.
@@ -136,7 +142,7 @@ class GridAttentionBias(nn.Module):
         table = self.attention_biases
         if self.fixed_grid_bias:
             stride = self.query_stride
-            queries = -(-grid[0] // stride) * -(-grid[1] // stride)
+            queries = ceil_div(grid[0], stride) * ceil_div(grid[1], stride)
             matrix = table[:, self.attention_bias_idxs]
             return F.interpolate(matrix[None], size=(queries, grid[0] * grid[1]), mode='bicubic',
                                  align_corners=False)[0]

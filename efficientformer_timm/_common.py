@@ -9,7 +9,7 @@ from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._features import FeatureListNet, feature_take_indices
 from torch import nn
 
-from ._bias import GridAttentionBias
+from ._bias import GridAttentionBias, ceil_div
 from ._validate import check_image_batch
 from .checkpoint import convert_state_dict, read_checkpoint
 from .fuse import fuse_batchnorm
@@ -17,12 +17,6 @@ from .fuse import fuse_batchnorm
 # FX symbolic tracing (torch.fx, timm's and torchvision's feature extractors) records the input check as one call
 # in the graph, so traced models check their input too
 torch.fx.wrap('check_image_batch')
-
-
-def ceil_div(size: int, stride: int) -> int:
-    """Output size of a stride-``stride`` step that rounds up (every strided conv here pads to keep the edge).
-    No negation: torch.export cannot bound ``-(-size // stride)`` for a symbolic size."""
-    return (size + stride - 1) // stride
 
 
 def pretrained_cfg(first_conv: str, **kwargs) -> dict:

@@ -188,7 +188,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default=os.path.join(ROOT, 'demo_out'))
     parser.add_argument('--task', choices=list(TASKS), action='append',
-                        help='run only this task (repeatable; default: both)')
+                        help='run only detection or segmentation (repeatable; default: both)')
     parser.add_argument('--iters', type=int, help="training iterations (default: the toy config's)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
