@@ -1,15 +1,20 @@
-"""tools/benchmark.py runs every variant it names, in both modes, and writes files only when asked."""
+"""tools/benchmark.py runs every variant it names, in both modes, and writes files only when asked; its
+reproduction of the authors' backbone computes what the model computes."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
-pytestmark = pytest.mark.mm  # the mm_backbone variants
+from efficientformer_timm.efficientformer_v2 import Attention2d
+from helpers import randomize_
 
-BENCHMARK = os.path.join(os.path.dirname(__file__), '..', 'tools', 'benchmark.py')
+TOOLS = os.path.join(os.path.dirname(__file__), '..', 'tools')
+sys.path.insert(0, TOOLS)
+BENCHMARK = os.path.join(TOOLS, 'benchmark.py')
 QUICK = ['--models', 'efficientformerv2_s0', '--repeats', '1', '--warmup', '0', '--threads', '1']
 
 
@@ -20,11 +25,13 @@ def _run(args, cwd):
     return out.stdout
 
 
+@pytest.mark.mm  # the mm_backbone variants
 def test_training_steps_with_json_and_plot(tmp_path):
     log = _run(['--train', '--cases', '64x96:2', '--json', 'rows.json', '--plot', 'times.png'], tmp_path)
     rows = json.loads((tmp_path / 'rows.json').read_text())['results']
     assert [r['variant'] for r in rows] == ['ours', 'ours_channels_last', 'mm_backbone', 'mm_backbone_plain',
-                                           'authors_dense_bias', 'resnet50', 'resnet50_channels_last']
+                                           'authors_dense_bias', 'authors_backbone', 'resnet50',
+                                           'resnet50_channels_last']
     assert all(r['mode'] == 'train' and r['size'] == '64x96' and r['batch'] == 2 and r['median_ms'] > 0
                and r['peak_mb'] > 0 for r in rows)
     assert "| efficientformerv2_s0 64x96 batch 2: mm backbone train step <= 0.70x the authors' dense backbone |" in log
@@ -32,9 +39,43 @@ def test_training_steps_with_json_and_plot(tmp_path):
         assert picture.format == 'PNG'
 
 
+@pytest.mark.mm
 def test_inference_writes_nothing_unless_asked(tmp_path):
     log = _run(['--sizes', '64', '--batches', '1'], tmp_path)
     assert os.listdir(tmp_path) == []
     variants = [line.split('|')[4].strip() for line in log.splitlines() if line.startswith('| efficientformerv2_s0')]
     assert variants == ['ours', 'ours_fused', 'ours_fused_channels_last', 'resize_table_every_forward',
-                        'authors_dense_bias', 'resnet50', 'resnet50_channels_last', 'mm_backbone']
+                        'authors_dense_bias', 'authors_backbone', 'resnet50', 'resnet50_channels_last',
+                        'mm_backbone']
+
+
+# L1 at 512: its attention is on a 16 x 16 grid, where the model uses scaled_dot_product_attention; V2-S0 at an
+# odd size: the strided attention, its upsampling and the downsample attention
+@pytest.mark.parametrize('name,size', [('efficientformer_l1', (512, 512)), ('efficientformerv2_s0', (224, 290))])
+def test_authors_backbone_computes_what_the_model_computes(name, size, monkeypatch):
+    import benchmark
+    ours = randomize_(benchmark.authors_dense_bias_features(name, size, feature_norm=True)).train()
+    theirs = benchmark.authors_backbone(name, size, feature_norm=True).train()
+    theirs.load_state_dict(ours.state_dict())
+    sdpa_calls, talking_head_calls = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        lambda *args, **kwargs: sdpa_calls.append(1) or sdpa(*args, **kwargs))
+    for module in theirs.modules():
+        if isinstance(module, Attention2d):
+            module.talking_head1.register_forward_hook(lambda *args: talking_head_calls.append(1))
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    outputs = []
+    for model in (ours, theirs):
+        model.double()
+        out = model(x.clone().requires_grad_())
+        sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out).backward()
+        outputs.append((out, {k: p.grad for k, p in model.named_parameters()}))
+    for got, want in zip(outputs[1][0], outputs[0][0]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for key, grad in outputs[0][1].items():
+        torch.testing.assert_close(outputs[1][1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
+    if name.startswith('efficientformerv2'):  # their talking heads ran as the convolution modules
+        assert len(talking_head_calls) == sum(isinstance(m, Attention2d) for m in theirs.modules()) > 0
+    else:  # ours took SDPA (first forward), theirs the explicit form
+        assert len(sdpa_calls) == 1

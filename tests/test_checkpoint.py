@@ -2,6 +2,7 @@
 tensors that do not fit."""
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -83,7 +84,6 @@ def _v2_original_by_hand(sd):
     """The authors' V2 layout written out independently of the package's mapping (see their
     models/efficientformer_v2.py): Sequential indices inside q/k/v/proj, Embedding proj/norm or conv/bn/attn,
     (C, 1, 1) layer scales and persistent attention_bias_idxs."""
-    import re
     out = {}
     for key, value in sd.items():
         k = key
@@ -249,6 +249,20 @@ def test_not_a_checkpoint_file_names_the_file(tmp_path):
     torch.save({'model': [1, 2, 3]}, tmp_path / 'list.pth')
     with pytest.raises(CheckpointError, match=r'list\.pth holds no state dict'):
         load_checkpoint(timm.create_model('efficientformer_l1'), str(tmp_path / 'list.pth'))
+
+
+def test_convert_tool_without_the_mm_stack_names_what_to_install(tmp_path, monkeypatch, capsys):
+    import convert_checkpoint
+    monkeypatch.setattr(convert_checkpoint, 'released', None)
+    monkeypatch.setattr(convert_checkpoint, 'MM_IMPORT_ERROR', ImportError("No module named 'mmdet'"))
+    network = timm.create_model('efficientformer_l1').state_dict()
+    backbone = {'backbone.' + k: v for k, v in timm_to_original(network).items()}
+    torch.save({'state_dict': {**backbone, 'decode_head.conv_seg.weight': torch.zeros(150, 128, 1, 1)}},
+               tmp_path / 'semfpn.pth')
+    assert convert_checkpoint.main([str(tmp_path / 'semfpn.pth'), str(tmp_path / 'out.pth')]) == 1
+    assert re.search(r"error: .*semfpn\.pth is a detector / segmenter checkpoint: converting it needs the OpenMMLab "
+                     r"stack \(install the package with its `mm` extra.*No module named 'mmdet'", capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ['semfpn.pth']
 
 
 def test_failed_conversion_write_leaves_nothing(tmp_path, monkeypatch):

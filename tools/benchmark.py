@@ -15,6 +15,9 @@ Inference (default): for each model and input size it times (eval, no grad) batc
   authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code (the fixed-grid option
               for 800 px at detection sizes, 512 at segmentation sizes, 224 otherwise): the full (N0, N0) matrix
               resized bicubically to (N, N) at every forward
+  authors_backbone  the authors' dense backbone: their bias as above and their attention arithmetic (explicit
+              softmax attention, V2's talking heads as 1x1 convolutions, the scale and the bias as separate
+              passes over the attention maps, contiguous outputs)
   mm_backbone the OpenMMLab backbone as the mm configs build it (channels_last, BatchNorm folded in eval)
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
@@ -22,7 +25,7 @@ Inference (default): for each model and input size it times (eval, no grad) batc
 --train: one training step (train mode, forward and backward of the mean of every output) at the input sizes
 and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the authors' dense backbones:
   ours, ours_channels_last, mm_backbone (as the configs build it), mm_backbone_plain (channels_last=False),
-  authors_dense_bias, resnet50, resnet50_channels_last
+  authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last
 
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, and peak memory
 (CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler). Inference also reports the FLOPs of
@@ -46,7 +49,9 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientformer_timm  # noqa: F401
-from efficientformer_timm._bias import GridAttentionBias
+from efficientformer_timm._bias import GridAttentionBias, ceil_div
+from efficientformer_timm.efficientformer import Attention
+from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.fuse import fuse_batchnorm
 from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES
 
@@ -88,6 +93,61 @@ def authors_dense_bias_features(name, size, **kwargs):
     return resize_every_forward(features)
 
 
+def _authors_attention(self, x, grid):
+    """V1 attention as the authors' backbone computes it: explicit softmax attention at every grid size."""
+    B, N, _ = x.shape
+    q, k, v = self._qkv(x)
+    attn = ((q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(grid, q.dtype)).softmax(dim=-1)
+    return self.proj((attn @ v).transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
+def _authors_attention2d(self, x):
+    """V2 attention as the authors' backbonev2.py computes it: talking heads as 1x1 convolutions, the scale and
+    the bias as separate passes over the (B, heads, N, N) maps, a contiguous output."""
+    B, _, H, W = x.shape
+    if self.stride_conv is not None:
+        x = self.stride_conv(x)
+    h, w = x.shape[-2:]
+    q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+    k = self.k(x).reshape(B, self.num_heads, -1, h * w)
+    v = self.v(x)
+    v_local = self.v_local(v)
+    v = v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+    attn = (q @ k) * self.scale + self.attention_bias((h, w), q.dtype)
+    attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
+    x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+    if self.stride_conv is not None:
+        x = torch.nn.functional.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
+    return self.proj(self.act(x))
+
+
+def _authors_attention2d_downsample(self, x):
+    """V2's downsample attention as the authors' backbonev2.py computes it."""
+    B, _, H, W = x.shape
+    h, w = ceil_div(H, 2), ceil_div(W, 2)
+    q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+    k = self.k(x).reshape(B, self.num_heads, -1, H * W)
+    v = self.v(x)
+    v_local = self.v_local(v)
+    v = v.reshape(B, self.num_heads, -1, H * W).transpose(-2, -1)
+    attn = ((q @ k) * self.scale + self.attention_bias((H, W), q.dtype)).softmax(dim=-1)
+    x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+    return self.proj(self.act(x))
+
+
+AUTHORS_FORWARD = {Attention: _authors_attention, Attention2d: _authors_attention2d,
+                   Attention2dDownsample: _authors_attention2d_downsample}
+
+
+def authors_backbone(name, size, **kwargs):
+    """The authors' dense backbone: their bias (``authors_dense_bias_features``) and their attention arithmetic."""
+    features = authors_dense_bias_features(name, size, **kwargs)
+    for module in features.modules():
+        if type(module) in AUTHORS_FORWARD:
+            module.forward = types.MethodType(AUTHORS_FORWARD[type(module)], module)
+    return features
+
+
 def mm_backbone(name, **kwargs):
     """The OpenMMLab backbone as the mm configs build it (None without the `mm` extra)."""
     try:
@@ -114,6 +174,7 @@ def build_variants(name, size, device, compile_model=False):
     variants = {'ours': ours, 'ours_fused': fused, 'ours_fused_channels_last': ChannelsLast(copy.deepcopy(fused)),
                 'resize_table_every_forward': resize,
                 'authors_dense_bias': authors_dense_bias_features(name, size),
+                'authors_backbone': authors_backbone(name, size),
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
     if compile_model:
         variants['ours_fused_compiled'] = torch.compile(copy.deepcopy(fused))
@@ -131,6 +192,7 @@ def build_train_variants(name, size, device):
                 'mm_backbone': mm_backbone(name),
                 'mm_backbone_plain': mm_backbone(name, channels_last=False, fold_bn_in_eval=False),
                 'authors_dense_bias': authors_dense_bias_features(name, size, **norms),
+                'authors_backbone': authors_backbone(name, size, **norms),
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
     return _available({k: v.train() if v is not None else None for k, v in variants.items()}, device)
 
@@ -294,7 +356,7 @@ def report_targets(rows):
     lines = []
     for r in rows:
         if r['mode'] == 'train' and r['variant'] == 'mm_backbone':
-            ref = next((q for q in rows if q['mode'] == 'train' and q['variant'] == 'authors_dense_bias'
+            ref = next((q for q in rows if q['mode'] == 'train' and q['variant'] == 'authors_backbone'
                         and (q['model'], q['size'], q['batch']) == (r['model'], r['size'], r['batch'])), None)
             if ref:
                 ratio = r['median_ms'] / ref['median_ms']

@@ -27,26 +27,30 @@ from efficientformer_timm.checkpoint import (
     transformers_weights_file)
 from efficientformer_timm.transformers_compat import model_args_from_transformers_config
 
+try:  # the OpenMMLab stack (the package's `mm` extra) is needed only for the authors' detectors / segmenters
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from efficientformer_timm.mm import released
+    MM_IMPORT_ERROR = None
+except ImportError as e:
+    released, MM_IMPORT_ERROR = None, e
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def released_config(state_dict, model_name: str = None) -> str:
     """The config in mm_configs/released for one of the authors' detector / segmenter checkpoints."""
-    from efficientformer_timm.mm.released import model_name_of, released_config_name, released_task
-    name = model_name or model_name_of(state_dict)
-    return os.path.join(ROOT, 'mm_configs', 'released', released_config_name(name, released_task(state_dict)))
+    name = model_name or released.model_name_of(state_dict)
+    return os.path.join(ROOT, 'mm_configs', 'released',
+                        released.released_config_name(name, released.released_task(state_dict)))
 
 
 def convert_released(state_dict, src: str, dst: str, config_path: str) -> None:
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    from efficientformer_timm.mm.released import RELEASED_TASKS, convert_released_checkpoint, released_task
     cfg = Config.fromfile(config_path)
-    init_default_scope(RELEASED_TASKS[released_task(state_dict)][3])
+    init_default_scope(released.RELEASED_TASKS[released.released_task(state_dict)][3])
     model = MODELS.build(cfg.model)
-    out, dropped = convert_released_checkpoint(state_dict, model)
+    out, dropped = released.convert_released_checkpoint(state_dict, model)
     logging.info('dropped %d tensors the authors\' forward never reads: %s', len(dropped), ', '.join(dropped))
     meta = {'config': os.path.relpath(config_path, ROOT), 'converted_from': os.path.basename(src)}
     with atomic_output(dst, inputs=(src,)) as tmp:
@@ -61,8 +65,11 @@ def convert(src: str, dst: str, model_name: str = None) -> str:
     src_file = transformers_weights_file(src) if os.path.isdir(src) else src
     state_dict = read_checkpoint(src_file)
     if any(k.startswith('backbone.') for k in state_dict):
-        from efficientformer_timm.mm.released import released_task
-        if released_task(state_dict) is None:
+        if released is None:
+            raise ImportError(f'{src} is a detector / segmenter checkpoint: converting it needs the OpenMMLab '
+                              "stack (install the package with its `mm` extra, as `make demo` does): "
+                              f'{MM_IMPORT_ERROR}')
+        if released.released_task(state_dict) is None:
             raise CheckpointError(f'{src}: a backbone with neither Mask R-CNN heads (rpn_head / roi_head) nor a '
                                   'Semantic FPN decode_head; only the authors\' COCO and ADE20K models convert')
         config_path = released_config(state_dict, model_name)
@@ -98,7 +105,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     try:
         name = convert(args.input, args.output, args.model)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if name.endswith('.py'):

@@ -159,7 +159,7 @@ def _listed(what: str, keys: List[str], limit: int = 40) -> str:
 def _problems(state_dict, model, fmt, unknown, wrong, unused, missing) -> List[str]:
     problems = []
     if unknown:
-        problems.append(f'keys not recognised as {fmt} EfficientFormer keys: {unknown}')
+        problems.append(_listed(f'keys not recognised as {fmt} EfficientFormer keys', unknown))
     if wrong:
         guess = ''
         try:
@@ -167,7 +167,7 @@ def _problems(state_dict, model, fmt, unknown, wrong, unused, missing) -> List[s
         except CheckpointError:
             pass
         problems.append(f'{len(wrong)} tensors do not match the model ({type(model).__name__}).{guess} '
-                        + '; '.join(wrong[:20]))
+                        + '; '.join(wrong[:20]) + (f' (+{len(wrong) - 20} more)' if len(wrong) > 20 else ''))
     if unused:
         problems.append(_listed('checkpoint tensors with no place in the model', unused))
     if missing:
