@@ -2,6 +2,7 @@
 reproduction of the authors' backbone computes what the model computes."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ def _run(args, cwd):
 
 @pytest.mark.mm  # the mm_backbone variants
 def test_training_steps_with_json_and_plot(tmp_path):
-    log = _run(['--train', '--cases', '64x96:2', '--json', 'rows.json', '--plot', 'times.png'], tmp_path)
+    log = _run(['--train', '--cases', '64x96:2', '--json', 'rows.json', '--plot', 'times.png', '--profile'], tmp_path)
     rows = json.loads((tmp_path / 'rows.json').read_text())['results']
     assert [r['variant'] for r in rows] == ['ours', 'ours_channels_last', 'mm_backbone', 'mm_backbone_plain',
                                            'authors_dense_bias', 'authors_backbone', 'resnet50',
@@ -35,14 +36,20 @@ def test_training_steps_with_json_and_plot(tmp_path):
     assert all(r['mode'] == 'train' and r['size'] == '64x96' and r['batch'] == 2 and r['median_ms'] > 0
                and r['peak_mb'] > 0 for r in rows)
     assert "| efficientformerv2_s0 64x96 batch 2: mm backbone train step <= 0.70x the authors' dense backbone |" in log
+    for variant in ('mm_backbone', 'authors_backbone'):  # backward operators appear in a training step's profile
+        label = f'# profile training step efficientformerv2_s0 64x96 batch 2 {variant}: '
+        assert re.search(label + '.*convolution_backward', log)
     with Image.open(tmp_path / 'times.png') as picture:
         assert picture.format == 'PNG'
 
 
 @pytest.mark.mm
 def test_inference_writes_nothing_unless_asked(tmp_path):
-    log = _run(['--sizes', '64', '--batches', '1'], tmp_path)
+    log = _run(['--sizes', '64', '--batches', '1', '--profile'], tmp_path)
     assert os.listdir(tmp_path) == []
+    for variant in ('ours', 'ours_fused_channels_last'):
+        profile = re.search(rf'# profile efficientformerv2_s0 64x64 batch 1 {variant}: (.*)', log).group(1)
+        assert 'convolution' in profile and 'backward' not in profile
     variants = [line.split('|')[4].strip() for line in log.splitlines() if line.startswith('| efficientformerv2_s0')]
     assert variants == ['ours', 'ours_fused', 'ours_fused_channels_last', 'resize_table_every_forward',
                         'authors_dense_bias', 'authors_backbone', 'resnet50', 'resnet50_channels_last',

@@ -263,11 +263,11 @@ def peak_memory_mb(step, model, x, device, autocast_dtype):
     return peak / 2 ** 20
 
 
-def print_profile(model, x, label, rows=8):
-    """Where one forward spends its time: the top operators by self time, as shares of the total."""
+def print_profile(step, model, x, autocast_dtype, label, rows=8):
+    """Where one ``step`` (inference or training) spends its time: the top operators by self time, as shares."""
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if x.is_cuda else [ProfilerActivity.CPU]
-    with profile(activities=activities) as prof, torch.no_grad():
-        model(x)
+    with profile(activities=activities) as prof:
+        step(model, x, autocast_dtype)
     key = (lambda e: e.self_device_time_total) if x.is_cuda else (lambda e: e.self_cpu_time_total)
     events = prof.key_averages()
     total = sum(map(key, events))
@@ -314,7 +314,8 @@ def run_inference(args, device, autocast_dtype, machine):
                 flops = count_flops(variants['ours'], x)
                 if args.profile:
                     for key in ('ours', 'ours_fused_channels_last') & variants.keys():
-                        print_profile(variants[key], x, f'{name} {size[0]}x{size[1]} batch {batch} {key}')
+                        print_profile(infer, variants[key], x, autocast_dtype,
+                                      f'{name} {size[0]}x{size[1]} batch {batch} {key}')
                 for key in variants:
                     row = dict(mode='inference', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                                median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
@@ -341,6 +342,10 @@ def run_train(args, device, autocast_dtype):
             variants = select(build_train_variants(name, size, device), args.variants)
             x = torch.randn(batch, 3, *size, device=device)
             medians = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
+            if args.profile:
+                for key in ('mm_backbone', 'authors_backbone') & variants.keys():
+                    print_profile(train_step, variants[key], x, autocast_dtype,
+                                  f'training step {name} {size[0]}x{size[1]} batch {batch} {key}', rows=10)
             for key in variants:
                 row = dict(mode='train', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                            median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
@@ -417,7 +422,8 @@ def main(argv=None):
     parser.add_argument('--dtype', choices=['fp32', 'fp16', 'bf16'], default='fp32')
     parser.add_argument('--compile', action='store_true', help='add torch.compile of the fused model (slow to build)')
     parser.add_argument('--profile', action='store_true',
-                        help='also print the top operators of one forward of ours and ours_fused_channels_last')
+                        help='also print the top operators of one step: of ours and ours_fused_channels_last '
+                             '(inference), of mm_backbone and authors_backbone (--train)')
     parser.add_argument('--json', help='write the machine facts and every row to this file')
     parser.add_argument('--plot', help='draw time against input size per variant into this PNG')
     args = parser.parse_args(argv)
