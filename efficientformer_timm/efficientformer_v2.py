@@ -80,16 +80,22 @@ class Attention2d(GridAttentionBias):
         self.proj = ConvNorm(self.dh, dim, 1, **dd)
         self._init_attention_bias(num_heads, (resolution, resolution), persistent_index=False, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, heads, N, d) queries, (B, heads, d, N) keys, (B, heads, N, d) values and the local value map, for
+        the attended grid (strided when ``stride`` is set)."""
         if self.stride_conv is not None:
             x = self.stride_conv(x)
-        h, w = x.shape[-2:]
+        B, _, h, w = x.shape
         q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
         k = self.k(x).reshape(B, self.num_heads, -1, h * w)
         v = self.v(x)
         v_local = self.v_local(v)
-        v = v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+        return q, k, v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1), v_local
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        q, k, v, v_local = self._qkv(x)
+        h, w = v_local.shape[-2:]
 
         # the (B, heads, N, N) maps are the large tensors at detection sizes: scale q instead, add the bias in place
         attn = ((q * self.scale) @ k).add_(self.attention_bias((h, w), q.dtype))
@@ -125,14 +131,21 @@ class Attention2dDownsample(GridAttentionBias):
         self.proj = ConvNorm(self.dh, self.out_dim, 1, **dd)
         self._init_attention_bias(num_heads, (resolution, resolution), query_stride=2, persistent_index=False, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, heads, Nq, d) queries on every second position, (B, heads, d, N) keys, (B, heads, N, d) values and
+        the local value map at the output size."""
         B, _, H, W = x.shape
         h, w = ceil_div(H, 2), ceil_div(W, 2)
         q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
         k = self.k(x).reshape(B, self.num_heads, -1, H * W)
         v = self.v(x)
         v_local = self.v_local(v)
-        v = v.reshape(B, self.num_heads, -1, H * W).transpose(-2, -1)
+        return q, k, v.reshape(B, self.num_heads, -1, H * W).transpose(-2, -1), v_local
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        q, k, v, v_local = self._qkv(x)
+        h, w = v_local.shape[-2:]
 
         # explicit attention: here (q and v head sizes 16 / 64, Nq != Nk) scaled_dot_product_attention takes
         # its slower math path on CPU (measured 1.06x the time at 800x1333)

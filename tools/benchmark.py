@@ -49,7 +49,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientformer_timm  # noqa: F401
-from efficientformer_timm._bias import GridAttentionBias, ceil_div
+from efficientformer_timm._bias import GridAttentionBias
 from efficientformer_timm.efficientformer import Attention
 from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.fuse import fuse_batchnorm
@@ -105,14 +105,8 @@ def _authors_attention2d(self, x):
     """V2 attention as the authors' backbonev2.py computes it: talking heads as 1x1 convolutions, the scale and
     the bias as separate passes over the (B, heads, N, N) maps, a contiguous output."""
     B, _, H, W = x.shape
-    if self.stride_conv is not None:
-        x = self.stride_conv(x)
-    h, w = x.shape[-2:]
-    q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
-    k = self.k(x).reshape(B, self.num_heads, -1, h * w)
-    v = self.v(x)
-    v_local = self.v_local(v)
-    v = v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
+    q, k, v, v_local = self._qkv(x)
+    h, w = v_local.shape[-2:]
     attn = (q @ k) * self.scale + self.attention_bias((h, w), q.dtype)
     attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
     x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
@@ -124,12 +118,8 @@ def _authors_attention2d(self, x):
 def _authors_attention2d_downsample(self, x):
     """V2's downsample attention as the authors' backbonev2.py computes it."""
     B, _, H, W = x.shape
-    h, w = ceil_div(H, 2), ceil_div(W, 2)
-    q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
-    k = self.k(x).reshape(B, self.num_heads, -1, H * W)
-    v = self.v(x)
-    v_local = self.v_local(v)
-    v = v.reshape(B, self.num_heads, -1, H * W).transpose(-2, -1)
+    q, k, v, v_local = self._qkv(x)
+    h, w = v_local.shape[-2:]
     attn = ((q @ k) * self.scale + self.attention_bias((H, W), q.dtype)).softmax(dim=-1)
     x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
     return self.proj(self.act(x))
