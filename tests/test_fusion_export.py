@@ -13,7 +13,8 @@ import torch
 
 from efficientformer_timm._bias import antialiased_bicubic_weights
 from efficientformer_timm.checkpoint import timm_to_original
-from efficientformer_timm.fuse import fuse_batchnorm, timm_state_dict
+from efficientformer_timm import fuse
+from efficientformer_timm.fuse import FoldedMetaBlock2d, FoldedV2Block, fuse_batchnorm, timm_state_dict
 from helpers import ALL_MODELS, randomize_
 
 EXPORT_ONNX = os.path.join(os.path.dirname(__file__), '..', 'tools', 'export_onnx.py')
@@ -35,7 +36,43 @@ def test_fused_model_matches_and_saves_timm_format(name):
     reloaded.load_state_dict(timm_state_dict(fused), strict=True)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(x), fused(x), rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(x), fused(x), rtol=0, atol=1e-5)
+
+
+# L1: depths 3, 2, 6, 4 with one attention block: 14 Meta4D blocks (MLP: 1x1 conv + GELU, 1x1 conv + residual);
+# V2-S0: depths 2, 2, 6, 4, every block has a convolutional MLP (1x1 + GELU, 3x3 depthwise + GELU, 1x1 + residual)
+@pytest.mark.parametrize('name,num_blocks,kernels_per_block', [('efficientformer_l1', 14, 2),
+                                                               ('efficientformerv2_s0', 14, 3)])
+def test_fused_blocks_run_onednn_kernels_in_cpu_inference_only(name, num_blocks, kernels_per_block, monkeypatch):
+    """Fused CPU inference runs each convolutional block's MLP as oneDNN convolutions with the GELU / residual add
+    fused in, computing what the unfused model does; with autograd, TorchScript or tracing the plain modules run."""
+    calls = []
+    onednn_conv = fuse._onednn_conv
+    monkeypatch.setattr(fuse, '_onednn_conv', lambda *args, **kw: calls.append(1) or onednn_conv(*args, **kw))
+    model = randomize_(timm.create_model(name, features_only=True)).eval()
+    fused = fuse_batchnorm(copy.deepcopy(model))
+    blocks = [m for m in fused.modules() if isinstance(m, (FoldedMetaBlock2d, FoldedV2Block))]
+    assert len(blocks) == num_blocks
+    assert not any(b.training for b in blocks)
+    x = torch.randn(2, 3, 161, 257)
+
+    def assert_matches(outputs):
+        for a, b in zip(outputs, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+    with torch.no_grad():
+        expected = model(x)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            calls.clear()
+            assert_matches(copy.deepcopy(fused).to(memory_format=layout)(x.contiguous(memory_format=layout)))
+            assert len(calls) == kernels_per_block * len(blocks)
+        calls.clear()
+        assert_matches(torch.jit.script(fused)(x))
+        assert_matches(torch.jit.trace(fused, x, check_trace=False)(x))
+        assert not calls
+    outputs = fused(x)
+    assert not calls and all(o.requires_grad for o in outputs)
+    assert_matches([o.detach() for o in outputs])
 
 
 def test_fuse_bn_option_loads_then_fuses(tmp_path):
