@@ -157,6 +157,18 @@ def test_missing_and_extra_keys_are_named(caplog):
     assert 'stages.2.blocks.3.mlp.fc1.weight' in caplog.text
 
 
+def test_long_key_lists_are_shortened_with_a_count():
+    """A checkpoint of another variant mismatches most tensors: the error shows the first 20 and how many more."""
+    l1 = timm.create_model('efficientformer_l1')
+    wrong = [k for k, v in timm.create_model('efficientformer_l3').state_dict().items()
+             if k in l1.state_dict() and v.shape != l1.state_dict()[k].shape]
+    assert len(wrong) > 20
+    with pytest.raises(CheckpointError, match=rf'{len(wrong)} tensors do not match') as error:
+        load_checkpoint(l1, timm.create_model('efficientformer_l3').state_dict())
+    assert f'(+{len(wrong) - 20} more)' in str(error.value)
+    assert str(error.value).count(': checkpoint (') == 20
+
+
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match='not an EfficientFormer checkpoint'):
         load_checkpoint(timm.create_model('efficientformer_l1'), {'fc.weight': torch.zeros(1)})

@@ -8,7 +8,8 @@
 Inference (default): for each model and input size it times (eval, no grad) batch 1 (latency) and batch 8
 (throughput):
   ours        this package's features model (resized attention biases cached per grid)
-  ours_fused  the same with BatchNorm folded into the convolutions (``fuse_bn=True``)
+  ours_fused  the same with BatchNorm and the MLP layer scales folded into the convolutions (``fuse_bn=True``;
+              on CPU the convolutional MLPs run as oneDNN kernels with GELU and the residual add fused in)
   ours_fused_channels_last  fused, run in channels_last memory format
   ours_fused_compiled  (with --compile) fused, through torch.compile (inductor; compile time not timed)
   resize_table_every_forward  ours with the small offset table resized at every forward (no cache)
@@ -18,7 +19,7 @@ Inference (default): for each model and input size it times (eval, no grad) batc
   authors_backbone  the authors' dense backbone: their bias as above and their attention arithmetic (explicit
               softmax attention, V2's talking heads as 1x1 convolutions, the scale and the bias as separate
               passes over the attention maps, contiguous outputs)
-  mm_backbone the OpenMMLab backbone as the mm configs build it (channels_last, BatchNorm folded in eval)
+  mm_backbone the OpenMMLab backbone as the mm configs build it (channels_last, fused in eval)
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
 

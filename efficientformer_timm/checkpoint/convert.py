@@ -20,7 +20,7 @@ from torch import nn
 from .._bias import relative_offset_index, resize_offset_table
 from .files import read_checkpoint
 from .formats import infer_model_name, to_timm_keys, v2_bias_index
-from .report import CheckpointError, LoadReport
+from .report import CheckpointError, LoadReport, listed
 
 _logger = logging.getLogger(__name__)
 
@@ -152,26 +152,22 @@ def _keep_initial_feature_norms(missing: List[str], target: Dict[str, torch.Tens
     return [k for k in missing if not k.startswith('feature_norms.')]
 
 
-def _listed(what: str, keys: List[str], limit: int = 40) -> str:
-    return f'{what}: {keys[:limit]}' + (f' (+{len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def _problems(state_dict, model, fmt, unknown, wrong, unused, missing) -> List[str]:
     problems = []
     if unknown:
-        problems.append(_listed(f'keys not recognised as {fmt} EfficientFormer keys', unknown))
+        problems.append(listed(f'keys not recognised as {fmt} EfficientFormer keys', unknown))
     if wrong:
         guess = ''
         try:
             guess = f' The checkpoint looks like {infer_model_name(state_dict)}.'
         except CheckpointError:
             pass
-        problems.append(f'{len(wrong)} tensors do not match the model ({type(model).__name__}).{guess} '
-                        + '; '.join(wrong[:20]) + (f' (+{len(wrong) - 20} more)' if len(wrong) > 20 else ''))
+        problems.append(listed(f'{len(wrong)} tensors do not match the model ({type(model).__name__}).{guess} '
+                               'Shapes', wrong, limit=20))
     if unused:
-        problems.append(_listed('checkpoint tensors with no place in the model', unused))
+        problems.append(listed('checkpoint tensors with no place in the model', unused))
     if missing:
-        problems.append(_listed('model tensors missing from the checkpoint', missing))
+        problems.append(listed('model tensors missing from the checkpoint', missing))
     return problems
 
 

@@ -2,7 +2,12 @@
 from dataclasses import dataclass, field
 from typing import List
 
-__all__ = ['CheckpointError', 'LoadReport']
+__all__ = ['CheckpointError', 'LoadReport', 'listed']
+
+
+def listed(what: str, items: List[str], limit: int = 40) -> str:
+    """``what: [items]`` for an error message: the first ``limit`` items, then how many more there are."""
+    return f'{what}: {items[:limit]}' + (f' (+{len(items) - limit} more)' if len(items) > limit else '')
 
 
 class CheckpointError(ValueError):

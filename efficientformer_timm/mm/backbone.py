@@ -91,7 +91,8 @@ class EfficientFormerBackbone(BaseModule):
             The outputs are returned in the standard contiguous layout, which necks and heads with compiled ops
             (mmcv's RoIAlign reads raw NCHW memory) expect.
         fold_bn_in_eval: in eval mode without gradients (validation, ``mim test``, inference) run a copy of the
-            network with every BatchNorm folded into its convolution. The copy is made again whenever a weight
+            network fused as ``fuse_batchnorm`` does (BatchNorm and the MLP layer scales folded into the
+            convolutions, oneDNN's fused MLP kernels on CPU). The copy is made again whenever a weight
             or statistic changes, and is not part of the state dict; training and any forward with gradients
             use the network itself.
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=None)``; the checkpoint is a timm hub id
@@ -221,7 +222,7 @@ class EfficientFormerBackbone(BaseModule):
         return self
 
     def folded_model(self) -> torch.nn.Module:
-        """The network with BatchNorm folded, remade when any parameter or buffer was replaced or changed in place
+        """The network fused (``fuse_batchnorm``), remade when any parameter or buffer was replaced or changed in place
         (optimizer steps, checkpoint loading, EMA swaps change a tensor's storage or version counter)."""
         tensors = itertools.chain(self.model.parameters(), self.model.buffers())
         key = tuple((t.data_ptr(), t._version) for t in tensors)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, convert_with_report, infer_model_name, original_to_timm
+from ..checkpoint.report import listed
 from ..variants import MODEL_NAMES
 
 __all__ = ['RELEASED_TASKS', 'released_task', 'released_config_name', 'model_name_of', 'convert_released_checkpoint']
@@ -106,12 +107,11 @@ def convert_released_checkpoint(
     missing = [k for k in model_state if k not in out]
     problems = []
     if unused:
-        problems.append(f'checkpoint tensors with no place in the model: {unused[:20]}')
+        problems.append(listed('checkpoint tensors with no place in the model', unused, limit=20))
     if wrong:
-        problems.append(f'tensors of another shape (another class count or neck width?): {wrong[:20]}')
+        problems.append(listed('tensors of another shape (another class count or neck width?)', wrong, limit=20))
     if missing:
-        problems.append(f'model tensors missing from the checkpoint (truncated?): {missing[:20]}'
-                        + (f' (+{len(missing) - 20} more)' if len(missing) > 20 else ''))
+        problems.append(listed('model tensors missing from the checkpoint (truncated?)', missing, limit=20))
     if problems:
         raise CheckpointError(' | '.join(problems))
     return out, dropped
