@@ -31,9 +31,11 @@ def _network(model: nn.Module) -> nn.Module:
 @torch.jit.unused
 def _onednn_applies(x: torch.Tensor) -> bool:
     """oneDNN's fused convolution kernels (the ones inductor uses on CPU) have no autograd and no export path: use
-    them for eager fp32 CPU inference only, and let tracing, FX, torch.compile and export see the plain modules."""
+    them for eager fp32 CPU inference only (not under autocast), and let tracing, FX, torch.compile and export see
+    the plain modules."""
     return (type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
+            and torch.backends.mkldnn.is_available()
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 

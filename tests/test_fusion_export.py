@@ -45,7 +45,8 @@ def test_fused_model_matches_and_saves_timm_format(name):
                                                                ('efficientformerv2_s0', 14, 3)])
 def test_fused_blocks_run_onednn_kernels_in_cpu_inference_only(name, num_blocks, kernels_per_block, monkeypatch):
     """Fused CPU inference runs each convolutional block's MLP as oneDNN convolutions with the GELU / residual add
-    fused in, computing what the unfused model does; with autograd, TorchScript or tracing the plain modules run."""
+    fused in, computing what the unfused model does; with autograd, TorchScript, tracing or autocast the plain
+    modules run."""
     calls = []
     onednn_conv = fuse._onednn_conv
     monkeypatch.setattr(fuse, '_onednn_conv', lambda *args, **kw: calls.append(1) or onednn_conv(*args, **kw))
@@ -70,6 +71,9 @@ def test_fused_blocks_run_onednn_kernels_in_cpu_inference_only(name, num_blocks,
         assert_matches(torch.jit.script(fused)(x))
         assert_matches(torch.jit.trace(fused, x, check_trace=False)(x))
         assert not calls
+        assert fuse._onednn_applies(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # fp32 tensors under autocast are computed in bf16
+            assert not fuse._onednn_applies(x)
     outputs = fused(x)
     assert not calls and all(o.requires_grad for o in outputs)
     assert_matches([o.detach() for o in outputs])
