@@ -122,15 +122,15 @@ class FoldedV2Block(_FoldedBlock):
         return x + self.drop_path2(self.mlp(x))
 
 
-def _fold_block(block: nn.Module) -> Optional[nn.Module]:
-    """The folded replacement of a convolutional block whose MLP norms are already folded, or None."""
+def _fold_block(block: nn.Module) -> Tuple[Optional[nn.Module], Optional[nn.Conv2d]]:
+    """The folded replacement of a convolutional block whose MLP norms are already folded and the MLP's last
+    convolution, which takes the layer scale; (None, None) for any other module."""
     if isinstance(block, MetaBlock2d) and isinstance(block.mlp.norm2, nn.Identity):
-        return FoldedMetaBlock2d(block) if _fold_layer_scale(block.mlp.fc2, block.ls2) else None
+        return FoldedMetaBlock2d(block), block.mlp.fc2
     mlp = getattr(block, 'mlp', None)
     if isinstance(mlp, V2ConvMlp) and isinstance(mlp.fc2.bn, nn.Identity) and not isinstance(mlp.mid, nn.Identity):
-        _fold_layer_scale(mlp.fc2.conv, block.ls2)
-        return FoldedV2Block(block)
-    return None
+        return FoldedV2Block(block), mlp.fc2.conv
+    return None, None
 
 
 @torch.no_grad()
@@ -149,10 +149,10 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
                 setattr(module, norm_attr, norm.act if isinstance(norm, BatchNormAct2d) else nn.Identity())
                 folded.append((f'{name}.{norm_attr}' if name else norm_attr, norm.num_features, norm.eps))
     for name, block in list(net.named_modules()):
-        replacement = _fold_block(block)
+        replacement, last_conv = _fold_block(block)
         if replacement is None:
             continue
-        if isinstance(block.ls2, LayerScale2d):
+        if _fold_layer_scale(last_conv, block.ls2):
             folded_scales.append((f'{name}.ls2', block.ls2.gamma.numel()))
         parent, _, attr = name.rpartition('.')
         setattr(net.get_submodule(parent), attr, replacement)

@@ -160,11 +160,11 @@ def test_missing_and_extra_keys_are_named(caplog):
 def test_long_key_lists_are_shortened_with_a_count():
     """A checkpoint of another variant mismatches most tensors: the error shows the first 20 and how many more."""
     l1 = timm.create_model('efficientformer_l1')
-    wrong = [k for k, v in timm.create_model('efficientformer_l3').state_dict().items()
-             if k in l1.state_dict() and v.shape != l1.state_dict()[k].shape]
+    l1_state, l3_state = l1.state_dict(), timm.create_model('efficientformer_l3').state_dict()
+    wrong = [k for k, v in l3_state.items() if k in l1_state and v.shape != l1_state[k].shape]
     assert len(wrong) > 20
     with pytest.raises(CheckpointError, match=rf'{len(wrong)} tensors do not match') as error:
-        load_checkpoint(l1, timm.create_model('efficientformer_l3').state_dict())
+        load_checkpoint(l1, l3_state)
     assert f'(+{len(wrong) - 20} more)' in str(error.value)
     assert str(error.value).count(': checkpoint (') == 20
 
