@@ -20,6 +20,7 @@ from efficientformer_timm import CheckpointError
 from efficientformer_timm._bias import GridAttentionBias, resize_offset_table
 from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm.mm import EfficientFormerBackbone
+from efficientformer_timm.variants import V1_MODEL_NAMES
 from helpers import randomize_
 
 pytestmark = pytest.mark.mm
@@ -205,6 +206,15 @@ def test_fast_path_trains_like_the_plain_path(name):
     first_conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 97, 131, dtype=torch.float64)
+    # the gradients of the stage outputs (NCHW maps) go back through the network in its channels_last layout
+    grad_layouts = []
+
+    def record_grad_layout(module, args, out):
+        if out.dim() == 4:  # not V1's last stage, which outputs tokens
+            out.register_hook(lambda grad: grad_layouts.append(grad.is_contiguous(memory_format=torch.channels_last)))
+
+    for stage in fast.model.stages:
+        stage.blocks[-1].register_forward_hook(record_grad_layout)
     outputs = []
     for backbone in (fast, plain):
         backbone.train()
@@ -212,6 +222,7 @@ def test_fast_path_trains_like_the_plain_path(name):
         sum((o * torch.linspace(-1, 1, o.shape[1]).view(1, -1, 1, 1)).square().mean() for o in outs).backward()
         outputs.append(outs)
     assert all(o.is_contiguous() for o in outputs[0])  # the layout necks and mmcv ops expect
+    assert grad_layouts == [True] * (3 if name in V1_MODEL_NAMES else 4)
     _assert_close(outputs[0], outputs[1], rtol=1e-9)
     plain_grads = dict(plain.named_parameters())
     for key, param in fast.named_parameters():

@@ -68,6 +68,20 @@ def fetch_hub_checkpoint(repo_id: str, option: str = 'model.backbone.init_cfg.ch
     raise FileNotFoundError(f'{option}={repo_id!r}: the repository has none of {_HUB_FILES}')
 
 
+class _ContiguousWithChannelsLastGrad(torch.autograd.Function):
+    """``x.contiguous()`` whose backward hands the gradient back in channels_last, the layout of the network: a
+    contiguous gradient would make every backward kernel along the residual stream (BatchNorm, GELU, additions)
+    mix two layouts, which takes their slow strided loops."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 @MODELS.register_module()
 class EfficientFormerBackbone(BaseModule):
     """Multi-scale EfficientFormer features (strides 4 / 8 / 16 / 32) at any input size.
@@ -89,7 +103,8 @@ class EfficientFormerBackbone(BaseModule):
         channels_last: run the network in channels_last memory format (weights and input): on CPU faster for
             training and inference at detection sizes, at par for V2 at 512 (``tools/benchmark.py --train``).
             The outputs are returned in the standard contiguous layout, which necks and heads with compiled ops
-            (mmcv's RoIAlign reads raw NCHW memory) expect.
+            (mmcv's RoIAlign reads raw NCHW memory) expect; their gradients go back into the network in
+            channels_last.
         fold_bn_in_eval: in eval mode without gradients (validation, ``mim test``, inference) run a copy of the
             network fused as ``fuse_batchnorm`` does (BatchNorm and the MLP layer scales folded into the
             convolutions, oneDNN's fused MLP kernels on CPU). The copy is made again whenever a weight
@@ -239,4 +254,6 @@ class EfficientFormerBackbone(BaseModule):
             return tuple(model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))
         x = x.contiguous(memory_format=torch.channels_last)
         outputs = model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
+        if torch.is_grad_enabled():
+            return tuple(_ContiguousWithChannelsLastGrad.apply(o) for o in outputs)
         return tuple(o.contiguous() for o in outputs)
