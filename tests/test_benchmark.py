@@ -28,8 +28,11 @@ def _run(args, cwd):
 
 @pytest.mark.mm  # the mm_backbone variants
 def test_training_steps_with_json_and_plot(tmp_path):
-    log = _run(['--train', '--cases', '64x96:2', '--json', 'rows.json', '--plot', 'times.png', '--profile'], tmp_path)
-    rows = json.loads((tmp_path / 'rows.json').read_text())['results']
+    log = _run(['--train', '--cases', '64x96:2', '--json', 'rows.json', '--plot', 'times.png', '--profile',
+                '--keep-freed-memory'], tmp_path)
+    written = json.loads((tmp_path / 'rows.json').read_text())
+    assert written['machine']['keep_freed_memory'] and ', freed memory kept; fp32 2048^3 matmul' in log
+    rows = written['results']
     assert [r['variant'] for r in rows] == ['ours', 'ours_channels_last', 'mm_backbone', 'mm_backbone_plain',
                                            'authors_dense_bias', 'authors_backbone', 'resnet50',
                                            'resnet50_channels_last']

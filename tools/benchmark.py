@@ -3,7 +3,8 @@
 
     python tools/benchmark.py [--models efficientformer_l1 ...] [--sizes 224 512 800x1333] [--threads 2]
                               [--repeats 15] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--compile] [--profile]
-                              [--train [--cases 512x512:4 800x1333:2]] [--json FILE.json] [--plot FILE.png]
+                              [--train [--cases 512x512:4 800x1333:2]] [--keep-freed-memory]
+                              [--json FILE.json] [--plot FILE.png]
 
 Inference (default): for each model and input size it times (eval, no grad) batch 1 (latency) and batch 8
 (throughput):
@@ -31,8 +32,9 @@ and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, and peak memory
 (CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler). Inference also reports the FLOPs of
 our backbone (torch.utils.flop_counter), the GFLOP/s it achieves and the machine's fp32 matmul GFLOP/s measured
-in the same run. The performance targets are checked against the figures of the run. --json writes the rows,
---plot draws time against input size per variant (matplotlib).
+in the same run. The performance targets are checked against the figures of the run. --keep-freed-memory has
+glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without CUDA (needs the ``mm``
+extra). --json writes the rows, --plot draws time against input size per variant (matplotlib).
 """
 import argparse
 import copy
@@ -415,6 +417,8 @@ def main(argv=None):
     parser.add_argument('--profile', action='store_true',
                         help='also print the top operators of one step: of ours and ours_fused_channels_last '
                              '(inference), of mm_backbone and authors_backbone (--train)')
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help="have glibc keep freed memory for reuse (EfficientFormerRunner's CPU default)")
     parser.add_argument('--json', help='write the machine facts and every row to this file')
     parser.add_argument('--plot', help='draw time against input size per variant into this PNG')
     args = parser.parse_args(argv)
@@ -422,15 +426,20 @@ def main(argv=None):
     device = torch.device(args.device)
     autocast_dtype = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
+    if args.keep_freed_memory:
+        from efficientformer_timm.mm.runner import keep_freed_cpu_memory
+        if not keep_freed_cpu_memory():
+            parser.error('--keep-freed-memory: the C library is not glibc')
 
     machine = dict(
         date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=str(device),
         cpu=platform.processor() or platform.machine(), threads=args.threads, dtype=args.dtype,
         torch=torch.__version__, timm=timm.__version__,
-        gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None)
+        gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None, keep_freed_memory=args.keep_freed_memory)
     machine['matmul_fp32_gflops'] = matmul_gflops(device, max(args.repeats, 10))
     print(f"# {machine['date']} {machine['device']} {machine['gpu'] or machine['cpu']}, {args.threads} threads, "
-          f"{args.dtype}; fp32 2048^3 matmul: {machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
+          f"{args.dtype}{', freed memory kept' if args.keep_freed_memory else ''}; fp32 2048^3 matmul: "
+          f"{machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
     rows = run_train(args, device, autocast_dtype) if args.train else run_inference(args, device, autocast_dtype,
                                                                                     machine)
     report_targets(rows)

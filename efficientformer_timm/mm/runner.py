@@ -6,9 +6,12 @@ launcher, which then skips its own) and reverts SyncBN to BN. It also checks, wh
 neck takes the channels the backbone gives and, for a run that starts from the backbone's ``init_cfg`` (no
 ``load_from``, no resume), that its checkpoint exists. Its dataloaders draw their per-epoch worker seed from
 a generator of their own instead of torch's global one, so that ``--resume`` (which replays the dataloader)
-leaves the model's random state where ``ResumeRandomStateHook`` puts it. Configs select it with
+leaves the model's random state where ``ResumeRandomStateHook`` puts it. On machines without CUDA it has glibc
+keep freed memory for reuse (``env_cfg.keep_freed_cpu_memory``, default True). Configs select it with
 ``runner_type = 'EfficientFormerRunner'``.
 """
+import ctypes
+
 import torch
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed
@@ -17,6 +20,25 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of giving it back to the system.
+
+    By default glibc serves each block over 32 MB with a mapping of its own and unmaps it when the block is freed,
+    so every training step page-faults its large activations and gradients in again, each page zero-filled by the
+    kernel. Served from the heap, which is never trimmed, the blocks are reused; the process stays at its peak
+    size. Returns False where the C library has no
+    ``mallopt`` (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):
+        return False
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
 
 
 @RUNNERS.register_module()
@@ -52,6 +74,21 @@ class EfficientFormerRunner(Runner):
                 raise RuntimeError(f'launcher {self.launcher!r} needs CUDA here; on CPU use --launcher pytorch')
             torch_dist.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
+        self._memory_note = None  # logged once the run's logger exists
+        if env_cfg.get('keep_freed_cpu_memory', True):
+            if torch.cuda.is_available():
+                outcome = "not applied on a CUDA machine (the network's tensors are not in host memory)"
+            elif keep_freed_cpu_memory():
+                outcome = 'glibc keeps freed memory for reuse (the process stays at its peak size)'
+            else:
+                outcome = 'not applied, the C library is not glibc'
+            self._memory_note = f'env_cfg.keep_freed_cpu_memory: {outcome}'
+
+    def build_logger(self, *args, **kwargs):
+        logger = super().build_logger(*args, **kwargs)
+        if self._memory_note:
+            logger.info(self._memory_note)
+        return logger
 
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and not torch.cuda.is_available():
