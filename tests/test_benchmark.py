@@ -37,7 +37,7 @@ def test_training_steps_with_json_and_plot(tmp_path):
                                            'authors_dense_bias', 'authors_backbone', 'resnet50',
                                            'resnet50_channels_last']
     assert all(r['mode'] == 'train' and r['size'] == '64x96' and r['batch'] == 2 and r['median_ms'] > 0
-               and r['peak_mb'] > 0 for r in rows)
+               and r['peak_mb'] > 0 and r['page_faults_per_step'] >= 0 for r in rows)
     assert "| efficientformerv2_s0 64x96 batch 2: mm backbone train step <= 0.70x the authors' dense backbone |" in log
     for variant in ('mm_backbone', 'authors_backbone'):  # backward operators appear in a training step's profile
         label = f'# profile training step efficientformerv2_s0 64x96 batch 2 {variant}: '

@@ -29,8 +29,9 @@ and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the
   ours, ours_channels_last, mm_backbone (as the configs build it), mm_backbone_plain (channels_last=False),
   authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last
 
-Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, and peak memory
-(CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler). Inference also reports the FLOPs of
+Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, peak memory
+(CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler) and the process's minor page faults per
+step (memory the step touches for the first time since the system handed it out). Inference also reports the FLOPs of
 our backbone (torch.utils.flop_counter), the GFLOP/s it achieves and the machine's fp32 matmul GFLOP/s measured
 in the same run. The performance targets are checked against the figures of the run. --keep-freed-memory has
 glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without CUDA (needs the ``mm``
@@ -41,6 +42,7 @@ import copy
 import json
 import math
 import platform
+import resource
 import statistics
 import time
 import types
@@ -282,20 +284,23 @@ def matmul_gflops(device, repeats):
 
 
 def measure(step, variants, x, device, autocast_dtype, repeats, warmup):
-    """Median seconds per variant, interleaved: every variant once per repeat."""
+    """Median seconds and mean minor page faults (the process's) per step of each variant, interleaved: every
+    variant once per repeat."""
     for _ in range(warmup):
         for model in variants.values():
             time_once(step, model, x, device, autocast_dtype)
-    times = {k: [] for k in variants}
+    times, faults = {k: [] for k in variants}, {k: [] for k in variants}
     for _ in range(repeats):
         for key, model in variants.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[key].append(time_once(step, model, x, device, autocast_dtype))
-    return {k: statistics.median(v) for k, v in times.items()}
+            faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {k: statistics.median(v) for k, v in times.items()}, {k: statistics.mean(v) for k, v in faults.items()}
 
 
 def run_inference(args, device, autocast_dtype, machine):
-    print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB | page faults |')
+    print('|---|---|---|---|---|---|---|---|---|')
     rows = []
     for name in args.models:
         for size_text in args.sizes:
@@ -303,7 +308,7 @@ def run_inference(args, device, autocast_dtype, machine):
             variants = select(build_variants(name, size, device, args.compile), args.variants)
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size, device=device)
-                medians = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
+                medians, faults = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
                 flops = count_flops(variants['ours'], x)
                 if args.profile:
                     for key in ('ours', 'ours_fused_channels_last') & variants.keys():
@@ -312,7 +317,8 @@ def run_inference(args, device, autocast_dtype, machine):
                 for key in variants:
                     row = dict(mode='inference', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                                median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
-                               peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype))
+                               peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype),
+                               page_faults_per_step=faults[key])
                     if not key.startswith('resnet50'):  # the same network as ours: its FLOPs
                         row['gflops'] = flops / 1e9
                         row['achieved_gflops_per_s'] = flops / medians[key] / 1e9
@@ -320,13 +326,14 @@ def run_inference(args, device, autocast_dtype, machine):
                     rows.append(row)
                     achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
                     print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
-                          f"{row['ratio_to_ours']:.2f} | {achieved} | {row['peak_mb']:.0f} |", flush=True)
+                          f"{row['ratio_to_ours']:.2f} | {achieved} | {row['peak_mb']:.0f} | {faults[key]:.0f} |",
+                          flush=True)
     return rows
 
 
 def run_train(args, device, autocast_dtype):
-    print('| model | size | batch | variant | train step median ms | ratio to ours | peak MB |')
-    print('|---|---|---|---|---|---|---|')
+    print('| model | size | batch | variant | train step median ms | ratio to ours | peak MB | page faults |')
+    print('|---|---|---|---|---|---|---|---|')
     rows = []
     for name in args.models:
         for case in args.cases:
@@ -334,7 +341,7 @@ def run_train(args, device, autocast_dtype):
             size, batch = parse_size(size_text), int(batch or 1)
             variants = select(build_train_variants(name, size, device), args.variants)
             x = torch.randn(batch, 3, *size, device=device)
-            medians = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
+            medians, faults = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
             if args.profile:
                 for key in ('mm_backbone', 'authors_backbone') & variants.keys():
                     print_profile(train_step, variants[key], x, autocast_dtype,
@@ -342,10 +349,11 @@ def run_train(args, device, autocast_dtype):
             for key in variants:
                 row = dict(mode='train', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                            median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
-                           peak_mb=peak_memory_mb(train_step, variants[key], x, device, autocast_dtype))
+                           peak_mb=peak_memory_mb(train_step, variants[key], x, device, autocast_dtype),
+                           page_faults_per_step=faults[key])
                 rows.append(row)
                 print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
-                      f"{row['ratio_to_ours']:.2f} | {row['peak_mb']:.0f} |", flush=True)
+                      f"{row['ratio_to_ours']:.2f} | {row['peak_mb']:.0f} | {faults[key]:.0f} |", flush=True)
     return rows
 
 
