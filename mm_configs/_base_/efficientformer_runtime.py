@@ -1,7 +1,8 @@
 # What every EfficientFormer config adds to the mmdet / mmseg runtime: the plugin, its Runner and its hooks, and the
 # backbone the detection and segmentation bases put in place of their ResNet.
 custom_imports = dict(imports=['efficientformer_timm.mm'], allow_failed_imports=False)
-# mmengine's Runner, plus `--launcher pytorch` on CPU-only machines (gloo, SyncBN as BN)
+# mmengine's Runner, plus `--launcher pytorch` on CPU-only machines (gloo, SyncBN as BN); without CUDA it has glibc
+# keep freed memory for reuse (--cfg-options env_cfg.keep_freed_cpu_memory=False switches that off)
 runner_type = 'EfficientFormerRunner'
 # a NaN / Inf loss stops the run before a poisoned checkpoint is saved; --resume restores the random state
 custom_hooks = [dict(type='StopOnInvalidLossHook'), dict(type='ResumeRandomStateHook')]
