@@ -463,7 +463,6 @@ def test_missing_init_checkpoint_fails_when_the_runner_builds(tmp_path):
     assert isinstance(EfficientFormerRunner.from_cfg(cfg), EfficientFormerRunner)
 
 
-
 _PAGE_FAULTS = """
 import resource, sys, torch
 from efficientformer_timm.mm.runner import keep_freed_cpu_memory
@@ -504,6 +503,7 @@ def test_runner_keeps_freed_cpu_memory_unless_switched_off(tmp_path, monkeypatch
     with open(MMLogger.get_current_instance().log_file) as log:
         applied = 'env_cfg.keep_freed_cpu_memory: glibc keeps freed memory for reuse' in log.read()
     assert applied == (setting is not False)
+
 
 # ---- the authors' trained detectors and segmenters: their bias scheme, their checkpoints ----
 

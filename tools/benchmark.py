@@ -30,12 +30,13 @@ and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the
   authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last
 
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, peak memory
-(CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler) and the process's minor page faults per
-step (memory the step touches for the first time since the system handed it out). Inference also reports the FLOPs of
-our backbone (torch.utils.flop_counter), the GFLOP/s it achieves and the machine's fp32 matmul GFLOP/s measured
-in the same run. The performance targets are checked against the figures of the run. --keep-freed-memory has
-glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without CUDA (needs the ``mm``
-extra). --json writes the rows, --plot draws time against input size per variant (matplotlib).
+(CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler) and the process's minor page faults
+per step (memory the step touches for the first time since the system handed it out). Inference also reports
+the FLOPs of our backbone (torch.utils.flop_counter), the GFLOP/s it achieves and the machine's fp32 matmul
+GFLOP/s measured in the same run. The performance targets are checked against the figures of the run.
+--keep-freed-memory has glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without
+CUDA (needs the ``mm`` extra). --json writes the rows, --plot draws time against input size per variant
+(matplotlib).
 """
 import argparse
 import copy

@@ -101,7 +101,7 @@ class EfficientFormerBackbone(BaseModule):
             input, the whole bias matrix resized bicubically to the real grid at every forward. Their trained
             detectors and segmenters need it (``mm_configs/released``); ImageNet tables are resized to that grid.
         channels_last: run the network in channels_last memory format (weights and input): on CPU faster for
-            training and inference at detection sizes, at par for V2 at 512 (``tools/benchmark.py --train``).
+            training and inference (``tools/benchmark.py``).
             The outputs are returned in the standard contiguous layout, which necks and heads with compiled ops
             (mmcv's RoIAlign reads raw NCHW memory) expect; their gradients go back into the network in
             channels_last.

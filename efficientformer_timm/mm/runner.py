@@ -32,8 +32,7 @@ def keep_freed_cpu_memory() -> bool:
     By default glibc serves each block over 32 MB with a mapping of its own and unmaps it when the block is freed,
     so every training step page-faults its large activations and gradients in again, each page zero-filled by the
     kernel. Served from the heap, which is never trimmed, the blocks are reused; the process stays at its peak
-    size. Returns False where the C library has no
-    ``mallopt`` (not glibc)."""
+    size. Returns False where the C library has no ``mallopt`` (not glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, TypeError):
