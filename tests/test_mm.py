@@ -468,23 +468,29 @@ import resource, sys, torch
 from efficientformer_timm.mm.runner import keep_freed_cpu_memory
 if sys.argv[1] == 'keep':
     assert keep_freed_cpu_memory()
-def faults():  # minor page faults while a 64 MB tensor is made, written and freed
+torch.set_num_threads(1)
+conv = torch.nn.Conv2d(48, 192, 1)
+x = torch.randn(4, 48, 128, 128)
+def faults():  # minor page faults of a training step whose activations and gradients are 50 MB tensors
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(2 ** 24).fill_(1.)
+    torch.nn.functional.gelu(conv(x)).square().mean().backward()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults(), faults()
 print(sum(faults() for _ in range(3)))
 """
 
 
-def test_keeping_freed_cpu_memory_stops_the_page_faults_of_large_blocks():
+def test_keeping_freed_cpu_memory_stops_most_page_faults_of_large_blocks():
     faults = {}
     for mode in ('default', 'keep'):
         done = subprocess.run([sys.executable, '-c', _PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
         faults[mode] = int(done.stdout.split()[-1])
-    # glibc's default maps each 64 MB block afresh: every 4 KB page (or 2 MB huge page) faults in again
-    assert faults['default'] >= 3 * 2 ** 26 // (2 << 20), faults
-    assert faults['keep'] * 20 <= faults['default'], faults
+    # glibc's default maps each block over 32 MB afresh: three steps fault in several 50 MB tensors each (4 KB pages,
+    # or 2 MB huge pages)
+    assert faults['default'] >= 3 * 3 * 50 * 2 ** 20 // (2 << 20), faults
+    # kept, most blocks are reused; where glibc's alignment slack leaves a freed block just too small for the same
+    # request again, a step still takes one fresh block
+    assert faults['keep'] * 3 <= faults['default'], faults
 
 
 @pytest.mark.parametrize('setting', [None, True, False])

@@ -254,6 +254,4 @@ class EfficientFormerBackbone(BaseModule):
             return tuple(model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True))
         x = x.contiguous(memory_format=torch.channels_last)
         outputs = model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
-        if torch.is_grad_enabled():
-            return tuple(_ContiguousWithChannelsLastGrad.apply(o) for o in outputs)
-        return tuple(o.contiguous() for o in outputs)
+        return tuple(_ContiguousWithChannelsLastGrad.apply(o) for o in outputs)

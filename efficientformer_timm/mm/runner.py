@@ -31,8 +31,9 @@ def keep_freed_cpu_memory() -> bool:
 
     By default glibc serves each block over 32 MB with a mapping of its own and unmaps it when the block is freed,
     so every training step page-faults its large activations and gradients in again, each page zero-filled by the
-    kernel. Served from the heap, which is never trimmed, the blocks are reused; the process stays at its peak
-    size. Returns False where the C library has no ``mallopt`` (not glibc)."""
+    kernel. Served from the heap, which is never trimmed, most blocks are reused (one whose freed neighbours were
+    taken can be too small for the same request again: a fresh one then extends the heap); the process keeps its
+    peak size. Returns False where the C library has no ``mallopt`` (not glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, TypeError):
@@ -78,7 +79,7 @@ class EfficientFormerRunner(Runner):
             if torch.cuda.is_available():
                 outcome = "not applied on a CUDA machine (the network's tensors are not in host memory)"
             elif keep_freed_cpu_memory():
-                outcome = 'glibc keeps freed memory for reuse (the process stays at its peak size)'
+                outcome = 'glibc keeps freed memory for reuse (the process keeps its peak size)'
             else:
                 outcome = 'not applied, the C library is not glibc'
             self._memory_note = f'env_cfg.keep_freed_cpu_memory: {outcome}'
