@@ -49,7 +49,19 @@ def heads_to_map(x: torch.Tensor, h: int, w: int, like: torch.Tensor) -> torch.T
     return x.transpose(2, 3).reshape(B, heads * d, h, w)
 
 
-torch.fx.wrap('heads_to_map')  # a leaf call in FX graphs: it branches on the memory format
+def map_to_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, heads * d, h, w) map as a (B, heads, h * w, d) view. A channels_last map is viewed by way of
+    (B, h, w, C), so that the gradient autograd copies back into map shape is channels_last as well: the NCHW
+    route hands the channels_last q / v BatchNorms a contiguous gradient, a mixed-layout backward several times
+    slower. (The keys' gradient stays contiguous either way: the batched matrix product returns it so.)"""
+    B, C, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1).reshape(B, h * w, heads, C // heads).transpose(1, 2)
+    return x.reshape(B, heads, C // heads, h * w).transpose(-2, -1)
+
+
+torch.fx.wrap('heads_to_map')  # leaf calls in FX graphs: they branch on the memory format
+torch.fx.wrap('map_to_heads')
 
 
 class Attention2d(GridAttentionBias):
@@ -85,12 +97,11 @@ class Attention2d(GridAttentionBias):
         the attended grid (strided when ``stride`` is set)."""
         if self.stride_conv is not None:
             x = self.stride_conv(x)
-        B, _, h, w = x.shape
-        q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
-        k = self.k(x).reshape(B, self.num_heads, -1, h * w)
+        q = map_to_heads(self.q(x), self.num_heads)
+        k = map_to_heads(self.k(x), self.num_heads).transpose(-2, -1)
         v = self.v(x)
         v_local = self.v_local(v)
-        return q, k, v.reshape(B, self.num_heads, -1, h * w).transpose(-2, -1), v_local
+        return q, k, map_to_heads(v, self.num_heads), v_local
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
@@ -134,13 +145,11 @@ class Attention2dDownsample(GridAttentionBias):
     def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, heads, Nq, d) queries on every second position, (B, heads, d, N) keys, (B, heads, N, d) values and
         the local value map at the output size."""
-        B, _, H, W = x.shape
-        h, w = ceil_div(H, 2), ceil_div(W, 2)
-        q = self.q(x).reshape(B, self.num_heads, -1, h * w).transpose(-2, -1)
-        k = self.k(x).reshape(B, self.num_heads, -1, H * W)
+        q = map_to_heads(self.q(x), self.num_heads)
+        k = map_to_heads(self.k(x), self.num_heads).transpose(-2, -1)
         v = self.v(x)
         v_local = self.v_local(v)
-        return q, k, v.reshape(B, self.num_heads, -1, H * W).transpose(-2, -1), v_local
+        return q, k, map_to_heads(v, self.num_heads), v_local
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]

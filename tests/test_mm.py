@@ -20,6 +20,7 @@ from mmengine.structures import PixelData
 from efficientformer_timm import CheckpointError
 from efficientformer_timm._bias import GridAttentionBias, resize_offset_table
 from efficientformer_timm.checkpoint import timm_to_original
+from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.mm import EfficientFormerBackbone
 from efficientformer_timm.variants import V1_MODEL_NAMES
 from helpers import randomize_
@@ -216,6 +217,11 @@ def test_fast_path_trains_like_the_plain_path(name):
 
     for stage in fast.model.stages:
         stage.blocks[-1].register_forward_hook(record_grad_layout)
+    # inside V2's attention too: the query and value maps, whose BatchNorms would otherwise mix layouts
+    attention_maps = [m for a in fast.model.modules() if isinstance(a, (Attention2d, Attention2dDownsample))
+                      for m in (a.q, a.v)]
+    for module in attention_maps:
+        module.register_forward_hook(record_grad_layout)
     outputs = []
     for backbone in (fast, plain):
         backbone.train()
@@ -223,7 +229,8 @@ def test_fast_path_trains_like_the_plain_path(name):
         sum((o * torch.linspace(-1, 1, o.shape[1]).view(1, -1, 1, 1)).square().mean() for o in outs).backward()
         outputs.append(outs)
     assert all(o.is_contiguous() for o in outputs[0])  # the layout necks and mmcv ops expect
-    assert grad_layouts == [True] * (3 if name in V1_MODEL_NAMES else 4)
+    assert len(attention_maps) == (0 if name in V1_MODEL_NAMES else 10)
+    assert grad_layouts == [True] * ((3 if name in V1_MODEL_NAMES else 4) + len(attention_maps))
     _assert_close(outputs[0], outputs[1], rtol=1e-9)
     plain_grads = dict(plain.named_parameters())
     for key, param in fast.named_parameters():
