@@ -38,10 +38,24 @@ def test_training_steps_with_json_and_plot(tmp_path):
                                            'resnet50_channels_last']
     assert all(r['mode'] == 'train' and r['size'] == '64x96' and r['batch'] == 2 and r['median_ms'] > 0
                and r['peak_mb'] > 0 and r['page_faults_per_step'] >= 0 for r in rows)
-    assert "| efficientformerv2_s0 64x96 batch 2: mm backbone train step <= 0.70x the authors' dense backbone |" in log
-    for variant in ('mm_backbone', 'authors_backbone'):  # backward operators appear in a training step's profile
-        label = f'# profile training step efficientformerv2_s0 64x96 batch 2 {variant}: '
-        assert re.search(label + '.*convolution_backward', log)
+    # every variant but resnet50 runs our network: the same training FLOPs, each at its own rate
+    flops = {r['gflops'] for r in rows if not r['variant'].startswith('resnet50')}
+    assert len(flops) == 1 and flops.pop() > 0
+    for r in rows:
+        if r['variant'].startswith('resnet50'):
+            assert 'gflops' not in r
+        else:
+            rate = r['gflops'] / r['median_ms'] * 1e3
+            assert r['achieved_gflops_per_s'] == pytest.approx(rate)
+            assert r['fraction_of_matmul'] == pytest.approx(rate / written['machine']['matmul_fp32_gflops'])
+    target = re.search(r"\| efficientformerv2_s0 64x96 batch 2: mm backbone train step <= 0.70x the authors' dense "
+                       r"backbone \| [0-9.]+x \(mm backbone at ([0-9.]+) of the matmul GFLOP/s, the authors' at "
+                       r"([0-9.]+): 0.70x needs ([0-9.]+)\) \|", log)
+    assert float(target.group(3)) == pytest.approx(float(target.group(2)) / 0.70, abs=0.01)
+    for variant in ('mm_backbone', 'authors_backbone'):  # forward modules and backward nodes of a training step
+        line = re.search(rf'# breakdown training step efficientformerv2_s0 64x96 batch 2 {variant}: forward '
+                         r'([0-9]+) ms \((.*)\); backward ([0-9]+) ms \((.*)\)$', log, re.MULTILINE)
+        assert 'Conv2d' in line.group(2) and 'ConvolutionBackward0' in line.group(4)
     with Image.open(tmp_path / 'times.png') as picture:
         assert picture.format == 'PNG'
 
@@ -89,3 +103,23 @@ def test_authors_backbone_computes_what_the_model_computes(name, size, monkeypat
         assert len(talking_head_calls) == sum(isinstance(m, Attention2d) for m in theirs.modules()) > 0
     else:  # ours took SDPA (first forward), theirs the explicit form
         assert len(sdpa_calls) == 1
+
+
+def test_training_flops_count_a_grouped_convolution_backward_once():
+    """torch's flop counter counts a grouped convolution's weight gradient as a dense one (here 8x too many)."""
+    import benchmark
+
+    class Depthwise(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+        def forward(self, x):
+            return [self.conv(x)]
+
+    x = torch.randn(2, 8, 16, 16)
+    forward = 2 * 2 * 16 * 16 * 8 * 9  # multiply-adds of 8 channels, 3 x 3 taps each, counted as 2
+    assert benchmark.count_flops(benchmark.infer, Depthwise(), x) == forward
+    # training: the forward and the weight gradient (the input needs none)
+    assert benchmark.count_flops(benchmark.train_step, Depthwise(), x) == 2 * forward
+    assert benchmark.count_flops(benchmark.train_step, Depthwise(), x.requires_grad_()) == 3 * forward

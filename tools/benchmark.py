@@ -31,14 +31,19 @@ and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the
 
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, peak memory
 (CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler) and the process's minor page faults
-per step (memory the step touches for the first time since the system handed it out). Inference also reports
-the FLOPs of our backbone (torch.utils.flop_counter), the GFLOP/s it achieves and the machine's fp32 matmul
-GFLOP/s measured in the same run. The performance targets are checked against the figures of the run.
+per step (memory the step touches for the first time since the system handed it out). Both modes also report
+the FLOPs of our backbone's step (torch.utils.flop_counter; a training step counts forward and backward), the
+GFLOP/s each variant running that network achieves and the machine's fp32 matmul GFLOP/s measured in the same
+run. The performance targets are checked against the figures of the run. --profile prints where one step's time
+goes: the top operators of the torch profiler for inference; for a training step, times taken by hooks, forward
+by module type and backward by autograd node (the profiler's per-operator overhead inflates CPU backward kernels
+several-fold).
 --keep-freed-memory has glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without
 CUDA (needs the ``mm`` extra). --json writes the rows, --plot draws time against input size per variant
 (matplotlib).
 """
 import argparse
+import collections
 import copy
 import json
 import math
@@ -52,7 +57,7 @@ from datetime import datetime, timezone
 import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import efficientformer_timm  # noqa: F401
 from efficientformer_timm._bias import GridAttentionBias
@@ -236,10 +241,18 @@ def time_once(step, model, x, device, autocast_dtype):
     return time.perf_counter() - start
 
 
-def count_flops(model, x):
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                         output_padding, groups, output_mask, **kwargs):
+    """A convolution's backward: each gradient asked for (input, weight) costs what the forward costs. The
+    flop counter's own formula ignores ``groups``, which counts a depthwise convolution's backward as dense."""
+    return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (output_mask[0] + output_mask[1])
+
+
+def count_flops(step, model, x):
+    """FLOPs of one ``step`` (``infer``: the forward; ``train_step``: forward and backward)."""
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+    with counter:
+        step(model, x, None)
     return counter.get_total_flops()
 
 
@@ -269,6 +282,58 @@ def print_profile(step, model, x, autocast_dtype, label, rows=8):
     total = sum(map(key, events))
     top = sorted(events, key=key, reverse=True)[:rows]
     print(f'# profile {label}: ' + ', '.join(f'{e.key} {100 * key(e) / total:.0f}%' for e in top), flush=True)
+
+
+def print_train_breakdown(model, x, label, rows=6):
+    """Where one training step's time goes, timed by hooks (each synchronizing the device): forward by leaf module
+    type, the rest of the forward (additions, attention products outside leaf modules) as ``other``, and backward
+    by autograd node."""
+    device = x.device
+    forward, backward, starts = collections.Counter(), collections.Counter(), {}
+
+    def start(key, *_):
+        sync(device)
+        starts[key] = time.perf_counter()
+
+    def stop(counter, key, name, *_):
+        sync(device)
+        counter[name] += time.perf_counter() - starts.pop(key)
+
+    handles = []
+    for module in model.modules():
+        if not any(module.children()):
+            name = type(module).__name__
+            handles.append(module.register_forward_pre_hook(lambda m, args: start(m)))
+            handles.append(module.register_forward_hook(lambda m, args, out, name=name: stop(forward, m, name)))
+    model.zero_grad(set_to_none=True)
+    sync(device)
+    began = time.perf_counter()
+    try:
+        loss = sum(o.float().mean() for o in model(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    sync(device)
+    forward_total = time.perf_counter() - began
+    forward['other'] = forward_total - sum(forward.values())
+    nodes, pending = set(), [loss.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in nodes:
+            continue
+        nodes.add(node)
+        node.register_prehook(lambda grads, node=node: start(node))
+        node.register_hook(lambda grads_in, grads_out, node=node: stop(backward, node, node.name()))
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    began = time.perf_counter()
+    loss.backward()
+    sync(device)
+    backward_total = time.perf_counter() - began
+
+    def shares(counter, total):
+        return ', '.join(f'{k} {100 * v / total:.0f}%' for k, v in counter.most_common(rows))
+    print(f'# breakdown {label}: forward {forward_total * 1e3:.0f} ms ({shares(forward, forward_total)}); backward '
+          f'{backward_total * 1e3:.0f} ms ({shares(backward, backward_total)})', flush=True)
 
 
 def matmul_gflops(device, repeats):
@@ -310,7 +375,7 @@ def run_inference(args, device, autocast_dtype, machine):
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size, device=device)
                 medians, faults = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
-                flops = count_flops(variants['ours'], x)
+                flops = count_flops(infer, variants['ours'], x)
                 if args.profile:
                     for key in ('ours', 'ours_fused_channels_last') & variants.keys():
                         print_profile(infer, variants[key], x, autocast_dtype,
@@ -320,10 +385,7 @@ def run_inference(args, device, autocast_dtype, machine):
                                median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
                                peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype),
                                page_faults_per_step=faults[key])
-                    if not key.startswith('resnet50'):  # the same network as ours: its FLOPs
-                        row['gflops'] = flops / 1e9
-                        row['achieved_gflops_per_s'] = flops / medians[key] / 1e9
-                        row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
+                    add_flop_rate(row, flops, machine)
                     rows.append(row)
                     achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
                     print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
@@ -332,9 +394,18 @@ def run_inference(args, device, autocast_dtype, machine):
     return rows
 
 
-def run_train(args, device, autocast_dtype):
-    print('| model | size | batch | variant | train step median ms | ratio to ours | peak MB | page faults |')
-    print('|---|---|---|---|---|---|---|---|')
+def add_flop_rate(row, flops, machine):
+    """The rate at which a variant runs our network's FLOPs (resnet50 is another network: none)."""
+    if not row['variant'].startswith('resnet50'):
+        row['gflops'] = flops / 1e9
+        row['achieved_gflops_per_s'] = flops / row['median_ms'] * 1e3 / 1e9
+        row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
+
+
+def run_train(args, device, autocast_dtype, machine):
+    print('| model | size | batch | variant | train step median ms | ratio to ours | GFLOP/s (share of matmul) | '
+          'peak MB | page faults |')
+    print('|---|---|---|---|---|---|---|---|---|')
     rows = []
     for name in args.models:
         for case in args.cases:
@@ -343,18 +414,22 @@ def run_train(args, device, autocast_dtype):
             variants = select(build_train_variants(name, size, device), args.variants)
             x = torch.randn(batch, 3, *size, device=device)
             medians, faults = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
+            flops = count_flops(train_step, variants['ours'], x)
             if args.profile:
                 for key in ('mm_backbone', 'authors_backbone') & variants.keys():
-                    print_profile(train_step, variants[key], x, autocast_dtype,
-                                  f'training step {name} {size[0]}x{size[1]} batch {batch} {key}', rows=10)
+                    print_train_breakdown(variants[key], x, f'training step {name} {size[0]}x{size[1]} batch '
+                                                            f'{batch} {key}')
             for key in variants:
                 row = dict(mode='train', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                            median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
                            peak_mb=peak_memory_mb(train_step, variants[key], x, device, autocast_dtype),
                            page_faults_per_step=faults[key])
+                add_flop_rate(row, flops, machine)
                 rows.append(row)
+                rate = (f"{row['achieved_gflops_per_s']:.1f} ({row['fraction_of_matmul']:.2f})" if 'gflops' in row
+                        else '')
                 print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
-                      f"{row['ratio_to_ours']:.2f} | {row['peak_mb']:.0f} | {faults[key]:.0f} |", flush=True)
+                      f"{row['ratio_to_ours']:.2f} | {rate} | {row['peak_mb']:.0f} | {faults[key]:.0f} |", flush=True)
     return rows
 
 
@@ -365,10 +440,12 @@ def report_targets(rows):
         if r['mode'] == 'train' and r['variant'] == 'mm_backbone':
             ref = next((q for q in rows if q['mode'] == 'train' and q['variant'] == 'authors_backbone'
                         and (q['model'], q['size'], q['batch']) == (r['model'], r['size'], r['batch'])), None)
-            if ref:
+            if ref:  # 0.70x their time is 1 / 0.70 their rate of the same FLOPs
                 ratio = r['median_ms'] / ref['median_ms']
+                rates = (f" (mm backbone at {r['fraction_of_matmul']:.2f} of the matmul GFLOP/s, the authors' at "
+                         f"{ref['fraction_of_matmul']:.2f}: 0.70x needs {ref['fraction_of_matmul'] / 0.70:.2f})")
                 lines.append((f"{r['model']} {r['size']} batch {r['batch']}: mm backbone train step "
-                              "<= 0.70x the authors' dense backbone", f'{ratio:.2f}x', ratio <= 0.70))
+                              "<= 0.70x the authors' dense backbone", f'{ratio:.2f}x{rates}', ratio <= 0.70))
         if r['mode'] == 'inference' and r['batch'] == 1 and r['size'] == '800x1333' and r['variant'] == 'ours' \
                 and r['model'] == 'efficientformer_l1':
             resnet = next((q for q in rows if q['mode'] == 'inference' and q['variant'] == 'resnet50'
@@ -449,8 +526,8 @@ def main(argv=None):
     print(f"# {machine['date']} {machine['device']} {machine['gpu'] or machine['cpu']}, {args.threads} threads, "
           f"{args.dtype}{', freed memory kept' if args.keep_freed_memory else ''}; fp32 2048^3 matmul: "
           f"{machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
-    rows = run_train(args, device, autocast_dtype) if args.train else run_inference(args, device, autocast_dtype,
-                                                                                    machine)
+    run = run_train if args.train else run_inference
+    rows = run(args, device, autocast_dtype, machine)
     report_targets(rows)
     if args.json:
         with open(args.json, 'w') as f:
