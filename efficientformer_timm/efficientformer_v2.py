@@ -39,12 +39,17 @@ def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     return mixed.reshape(B, heads, N, M)
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Strictly channels_last (a map with 1 x 1 pixels or one channel is both layouts: treated as contiguous)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def heads_to_map(x: torch.Tensor, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     """(B, heads, h * w, d) attention output as a (B, heads * d, h, w) map in the memory format of ``like``: a
     channels_last network stays channels_last after attention (a contiguous map here would send the following
     convolutions to PyTorch's slower NCHW path)."""
     B, heads, _, d = x.shape
-    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+    if is_channels_last(like):
         return x.permute(0, 2, 1, 3).reshape(B, h, w, heads * d).permute(0, 3, 1, 2)
     return x.transpose(2, 3).reshape(B, heads * d, h, w)
 
@@ -55,7 +60,7 @@ def map_to_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     route hands the channels_last q / v BatchNorms a contiguous gradient, a mixed-layout backward several times
     slower. (The keys' gradient stays contiguous either way: the batched matrix product returns it so.)"""
     B, C, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if is_channels_last(x):
         return x.permute(0, 2, 3, 1).reshape(B, h * w, heads, C // heads).transpose(1, 2)
     return x.reshape(B, heads, C // heads, h * w).transpose(-2, -1)
 
@@ -64,7 +69,25 @@ torch.fx.wrap('heads_to_map')  # leaf calls in FX graphs: they branch on the mem
 torch.fx.wrap('map_to_heads')
 
 
-class Attention2d(GridAttentionBias):
+class MapAttention(GridAttentionBias):
+    """Base of V2's attentions: queries, keys and values are projections (``q``, ``k``, ``v``) of the attended
+    map, viewed as ``num_heads`` heads, plus the depthwise ``v_local`` map of the values."""
+
+    def _attended(self, x: torch.Tensor) -> torch.Tensor:
+        """The map the keys and values are taken from."""
+        return x
+
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, heads, Nq, d) queries, (B, heads, d, N) keys, (B, heads, N, d) values and the local value map."""
+        x = self._attended(x)
+        q = map_to_heads(self.q(x), self.num_heads)
+        k = map_to_heads(self.k(x), self.num_heads).transpose(-2, -1)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        return q, k, map_to_heads(v, self.num_heads), v_local
+
+
+class Attention2d(MapAttention):
     """Attention over a NCHW map with talking heads; ``stride=2`` attends on a strided copy and upsamples
     back to the input size."""
 
@@ -92,16 +115,11 @@ class Attention2d(GridAttentionBias):
         self.proj = ConvNorm(self.dh, dim, 1, **dd)
         self._init_attention_bias(num_heads, (resolution, resolution), persistent_index=False, **dd)
 
-    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, heads, N, d) queries, (B, heads, d, N) keys, (B, heads, N, d) values and the local value map, for
-        the attended grid (strided when ``stride`` is set)."""
+    def _attended(self, x: torch.Tensor) -> torch.Tensor:
+        """The strided copy of the map when ``stride`` is set: queries, keys and values all come from it."""
         if self.stride_conv is not None:
-            x = self.stride_conv(x)
-        q = map_to_heads(self.q(x), self.num_heads)
-        k = map_to_heads(self.k(x), self.num_heads).transpose(-2, -1)
-        v = self.v(x)
-        v_local = self.v_local(v)
-        return q, k, map_to_heads(v, self.num_heads), v_local
+            return self.stride_conv(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
@@ -120,9 +138,9 @@ class Attention2d(GridAttentionBias):
         return self.proj(self.act(x))
 
 
-class Attention2dDownsample(GridAttentionBias):
-    """Attention whose queries sit on every second position: keys / values at H x W, output at
-    ceil(H / 2) x ceil(W / 2)."""
+class Attention2dDownsample(MapAttention):
+    """Attention whose queries sit on every second position (``q`` is strided): keys / values at H x W, output
+    and local value map at ceil(H / 2) x ceil(W / 2)."""
 
     def __init__(
             self, dim: int = 384, key_dim: int = 16, num_heads: int = 8, attn_ratio: int = 4,
@@ -141,15 +159,6 @@ class Attention2dDownsample(GridAttentionBias):
         self.act = act_layer()
         self.proj = ConvNorm(self.dh, self.out_dim, 1, **dd)
         self._init_attention_bias(num_heads, (resolution, resolution), query_stride=2, persistent_index=False, **dd)
-
-    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, heads, Nq, d) queries on every second position, (B, heads, d, N) keys, (B, heads, N, d) values and
-        the local value map at the output size."""
-        q = map_to_heads(self.q(x), self.num_heads)
-        k = map_to_heads(self.k(x), self.num_heads).transpose(-2, -1)
-        v = self.v(x)
-        v_local = self.v_local(v)
-        return q, k, map_to_heads(v, self.num_heads), v_local
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
