@@ -53,8 +53,8 @@ def test_training_steps_with_json_and_plot(tmp_path):
                        r"([0-9.]+): 0.70x needs ([0-9.]+)\) \|", log)
     assert float(target.group(3)) == pytest.approx(float(target.group(2)) / 0.70, abs=0.01)
     for variant in ('mm_backbone', 'authors_backbone'):  # forward modules and backward nodes of a training step
-        line = re.search(rf'# breakdown training step efficientformerv2_s0 64x96 batch 2 {variant}: forward '
-                         r'([0-9]+) ms \((.*)\); backward ([0-9]+) ms \((.*)\)$', log, re.MULTILINE)
+        line = re.search(rf'# breakdown training step efficientformerv2_s0 64x96 batch 2 {variant}, mean of 3 steps: '
+                         r'forward ([0-9]+) ms \((.*)\); backward ([0-9]+) ms \((.*)\)$', log, re.MULTILINE)
         assert 'Conv2d' in line.group(2) and 'ConvolutionBackward0' in line.group(4)
     with Image.open(tmp_path / 'times.png') as picture:
         assert picture.format == 'PNG'

@@ -284,12 +284,13 @@ def print_profile(step, model, x, autocast_dtype, label, rows=8):
     print(f'# profile {label}: ' + ', '.join(f'{e.key} {100 * key(e) / total:.0f}%' for e in top), flush=True)
 
 
-def print_train_breakdown(model, x, label, rows=6):
-    """Where one training step's time goes, timed by hooks (each synchronizing the device): forward by leaf module
-    type, the rest of the forward (additions, attention products outside leaf modules) as ``other``, and backward
-    by autograd node."""
+def print_train_breakdown(model, x, label, steps=3, rows=6):
+    """Where a training step's time goes, summed over ``steps`` steps and timed by hooks (each synchronizing the
+    device): forward by leaf module type, the rest of the forward (additions, attention products outside leaf
+    modules) as ``other``, and backward by autograd node."""
     device = x.device
     forward, backward, starts = collections.Counter(), collections.Counter(), {}
+    forward_total = backward_total = 0.
 
     def start(key, *_):
         sync(device)
@@ -305,35 +306,37 @@ def print_train_breakdown(model, x, label, rows=6):
             name = type(module).__name__
             handles.append(module.register_forward_pre_hook(lambda m, args: start(m)))
             handles.append(module.register_forward_hook(lambda m, args, out, name=name: stop(forward, m, name)))
-    model.zero_grad(set_to_none=True)
-    sync(device)
-    began = time.perf_counter()
     try:
-        loss = sum(o.float().mean() for o in model(x))
+        for _ in range(steps):
+            model.zero_grad(set_to_none=True)
+            sync(device)
+            began = time.perf_counter()
+            loss = sum(o.float().mean() for o in model(x))
+            sync(device)
+            forward_total += time.perf_counter() - began
+            nodes, pending = set(), [loss.grad_fn]
+            while pending:
+                node = pending.pop()
+                if node is None or node in nodes:
+                    continue
+                nodes.add(node)
+                node.register_prehook(lambda grads, node=node: start(node))
+                node.register_hook(lambda grads_in, grads_out, node=node: stop(backward, node, node.name()))
+                pending.extend(next_node for next_node, _ in node.next_functions)
+            began = time.perf_counter()
+            loss.backward()
+            sync(device)
+            backward_total += time.perf_counter() - began
     finally:
         for handle in handles:
             handle.remove()
-    sync(device)
-    forward_total = time.perf_counter() - began
     forward['other'] = forward_total - sum(forward.values())
-    nodes, pending = set(), [loss.grad_fn]
-    while pending:
-        node = pending.pop()
-        if node is None or node in nodes:
-            continue
-        nodes.add(node)
-        node.register_prehook(lambda grads, node=node: start(node))
-        node.register_hook(lambda grads_in, grads_out, node=node: stop(backward, node, node.name()))
-        pending.extend(next_node for next_node, _ in node.next_functions)
-    began = time.perf_counter()
-    loss.backward()
-    sync(device)
-    backward_total = time.perf_counter() - began
 
     def shares(counter, total):
         return ', '.join(f'{k} {100 * v / total:.0f}%' for k, v in counter.most_common(rows))
-    print(f'# breakdown {label}: forward {forward_total * 1e3:.0f} ms ({shares(forward, forward_total)}); backward '
-          f'{backward_total * 1e3:.0f} ms ({shares(backward, backward_total)})', flush=True)
+    print(f'# breakdown {label}, mean of {steps} steps: forward {forward_total / steps * 1e3:.0f} ms '
+          f'({shares(forward, forward_total)}); backward {backward_total / steps * 1e3:.0f} ms '
+          f'({shares(backward, backward_total)})', flush=True)
 
 
 def matmul_gflops(device, repeats):
