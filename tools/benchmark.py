@@ -314,19 +314,22 @@ def print_train_breakdown(model, x, label, steps=3, rows=6):
             loss = sum(o.float().mean() for o in model(x))
             sync(device)
             forward_total += time.perf_counter() - began
-            nodes, pending = set(), [loss.grad_fn]
+            nodes, pending, node_handles = set(), [loss.grad_fn], []
             while pending:
                 node = pending.pop()
                 if node is None or node in nodes:
                     continue
                 nodes.add(node)
-                node.register_prehook(lambda grads, node=node: start(node))
-                node.register_hook(lambda grads_in, grads_out, node=node: stop(backward, node, node.name()))
+                node_handles.append(node.register_prehook(lambda grads, node=node: start(node)))
+                node_handles.append(node.register_hook(
+                    lambda grads_in, grads_out, node=node: stop(backward, node, node.name())))
                 pending.extend(next_node for next_node, _ in node.next_functions)
             began = time.perf_counter()
             loss.backward()
             sync(device)
             backward_total += time.perf_counter() - began
+            for handle in node_handles:  # the parameters' AccumulateGrad nodes outlive the step
+                handle.remove()
     finally:
         for handle in handles:
             handle.remove()
