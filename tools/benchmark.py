@@ -34,10 +34,10 @@ Each repeat runs every variant once in turn; medians are reported with ratios to
 per step (memory the step touches for the first time since the system handed it out). Both modes also report
 the FLOPs of our backbone's step (torch.utils.flop_counter; a training step counts forward and backward), the
 GFLOP/s each variant running that network achieves and the machine's fp32 matmul GFLOP/s measured in the same
-run. The performance targets are checked against the figures of the run. --profile prints where one step's time
-goes: the top operators of the torch profiler for inference; for a training step, times taken by hooks, forward
-by module type and backward by autograd node (the profiler's per-operator overhead inflates CPU backward kernels
-several-fold).
+run. The performance targets are checked against the figures of the run. --profile prints where the time goes:
+for inference the top operators of one step in the torch profiler; for training the mean of 3 steps timed by
+hooks, forward by module type and backward by autograd node (the profiler's per-operator overhead inflates CPU
+backward kernels several-fold).
 --keep-freed-memory has glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without
 CUDA (needs the ``mm`` extra). --json writes the rows, --plot draws time against input size per variant
 (matplotlib).
@@ -273,7 +273,7 @@ def peak_memory_mb(step, model, x, device, autocast_dtype):
 
 
 def print_profile(step, model, x, autocast_dtype, label, rows=8):
-    """Where one ``step`` (inference or training) spends its time: the top operators by self time, as shares."""
+    """Where one inference ``step`` spends its time: the top operators by self time, as shares."""
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if x.is_cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         step(model, x, autocast_dtype)
