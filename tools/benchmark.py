@@ -272,11 +272,11 @@ def peak_memory_mb(step, model, x, device, autocast_dtype):
     return peak / 2 ** 20
 
 
-def print_profile(step, model, x, autocast_dtype, label, rows=8):
-    """Where one inference ``step`` spends its time: the top operators by self time, as shares."""
+def print_profile(model, x, autocast_dtype, label, rows=8):
+    """Where one inference step spends its time: the top operators by self time, as shares."""
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if x.is_cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
-        step(model, x, autocast_dtype)
+        infer(model, x, autocast_dtype)
     key = (lambda e: e.self_device_time_total) if x.is_cuda else (lambda e: e.self_cpu_time_total)
     events = prof.key_averages()
     total = sum(map(key, events))
@@ -384,7 +384,7 @@ def run_inference(args, device, autocast_dtype, machine):
                 flops = count_flops(infer, variants['ours'], x)
                 if args.profile:
                     for key in ('ours', 'ours_fused_channels_last') & variants.keys():
-                        print_profile(infer, variants[key], x, autocast_dtype,
+                        print_profile(variants[key], x, autocast_dtype,
                                       f'{name} {size[0]}x{size[1]} batch {batch} {key}')
                 for key in variants:
                     row = dict(mode='inference', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
