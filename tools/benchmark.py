@@ -225,12 +225,17 @@ def infer(model, x, autocast_dtype):
         model(x)
 
 
-def train_step(model, x, autocast_dtype):
-    """Forward and backward of the mean of every output (the gradients are dropped before the next step)."""
+def training_loss(model, x, autocast_dtype):
+    """A training step's forward: the mean of every output (the last step's gradients dropped first)."""
     model.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         outputs = model(x)
-    sum(o.float().mean() for o in outputs).backward()
+    return sum(o.float().mean() for o in outputs)
+
+
+def train_step(model, x, autocast_dtype):
+    """Forward and backward of the mean of every output."""
+    training_loss(model, x, autocast_dtype).backward()
 
 
 def time_once(step, model, x, device, autocast_dtype):
@@ -284,7 +289,7 @@ def print_profile(model, x, autocast_dtype, label, rows=8):
     print(f'# profile {label}: ' + ', '.join(f'{e.key} {100 * key(e) / total:.0f}%' for e in top), flush=True)
 
 
-def print_train_breakdown(model, x, label, steps=3, rows=6):
+def print_train_breakdown(model, x, autocast_dtype, label, steps=3, rows=6):
     """Where a training step's time goes, summed over ``steps`` steps and timed by hooks (each synchronizing the
     device): forward by leaf module type, the rest of the forward (additions, attention products outside leaf
     modules) as ``other``, and backward by autograd node."""
@@ -308,10 +313,9 @@ def print_train_breakdown(model, x, label, steps=3, rows=6):
             handles.append(module.register_forward_hook(lambda m, args, out, name=name: stop(forward, m, name)))
     try:
         for _ in range(steps):
-            model.zero_grad(set_to_none=True)
             sync(device)
             began = time.perf_counter()
-            loss = sum(o.float().mean() for o in model(x))
+            loss = training_loss(model, x, autocast_dtype)
             sync(device)
             forward_total += time.perf_counter() - began
             nodes, pending, node_handles = set(), [loss.grad_fn], []
@@ -423,8 +427,8 @@ def run_train(args, device, autocast_dtype, machine):
             flops = count_flops(train_step, variants['ours'], x)
             if args.profile:
                 for key in ('mm_backbone', 'authors_backbone') & variants.keys():
-                    print_train_breakdown(variants[key], x, f'training step {name} {size[0]}x{size[1]} batch '
-                                                            f'{batch} {key}')
+                    print_train_breakdown(variants[key], x, autocast_dtype,
+                                          f'training step {name} {size[0]}x{size[1]} batch {batch} {key}')
             for key in variants:
                 row = dict(mode='train', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
                            median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
