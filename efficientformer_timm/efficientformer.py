@@ -12,12 +12,13 @@ from functools import partial
 from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
-from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Stem4
+from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Pooling, Stem4
 
 from ._bias import GridAttentionBias, biased_attention
 from ._common import EfficientFormerBase, build_efficientformer, checkpoint_filter_fn, pretrained_cfg
@@ -61,9 +62,34 @@ class Attention(GridAttentionBias):
         return ((q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(grid, q.dtype)).softmax(dim=-1)
 
 
+class WindowAveragePooling(Pooling):
+    """timm's pooling token mixer, ``pool(x) - x``: the average of each pixel's window, padding left out
+    (``count_include_pad=False``). The average is computed as a depthwise convolution with a window of ones divided
+    by the number of pixels the window covers inside the image, which gives the same values: on CPU PyTorch's average
+    pooling in the default (NCHW) memory format takes several times as long, forward and backward
+    (``tools/benchmark.py``). ``pool`` is kept: timm's module, the authors' arithmetic."""
+
+    def __init__(self, pool_size: int = 3):
+        super().__init__(pool_size)
+        self.pool_size = pool_size
+
+    def average(self, x: torch.Tensor) -> torch.Tensor:
+        size, padding = self.pool_size, self.pool_size // 2
+        window = x.new_ones((x.shape[1], 1, size, size))
+        covered = F.conv2d(x.new_ones((1, 1, x.shape[2], x.shape[3])), window[:1], padding=padding)
+        return F.conv2d(x, window, padding=padding, groups=x.shape[1]) / covered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.average(x) - x
+
+
 class GridMetaBlock2d(MetaBlock2d):
-    """timm's Meta4D block, called with the token grid like every block of a stage (TorchScript needs one call
-    signature per stage loop); the grid is not used."""
+    """timm's Meta4D block with the pooling mixer above, called with the token grid like every block of a stage
+    (TorchScript needs one call signature per stage loop); the grid is not used."""
+
+    def __init__(self, dim: int, pool_size: int = 3, **kwargs):
+        super().__init__(dim, pool_size=pool_size, **kwargs)
+        self.token_mixer = WindowAveragePooling(pool_size)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.token_mixer(x)))

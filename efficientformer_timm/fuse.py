@@ -91,8 +91,11 @@ class FoldedMetaBlock2d(_FoldedBlock):
 
     @torch.jit.unused
     def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
-        # x + gamma * (pool(x) - x) in one pass (eval: the drop paths are identities)
-        x = torch.lerp(x, self.token_mixer.pool(x), self.ls1.gamma.view(-1, 1, 1))
+        # x + gamma * (pool(x) - x) in one pass (eval: the drop paths are identities); timm's own blocks have
+        # no ``average``
+        mixer = self.token_mixer
+        average = mixer.average(x) if hasattr(mixer, 'average') else mixer.pool(x)
+        x = torch.lerp(x, average, self.ls1.gamma.view(-1, 1, 1))
         return _onednn_conv(_onednn_conv(x, self.mlp.fc1, self.gelus[0]), self.mlp.fc2, residual=x)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from efficientformer_timm.efficientformer import WindowAveragePooling
 from efficientformer_timm.efficientformer_v2 import Attention2d
 from helpers import randomize_
 
@@ -81,13 +82,15 @@ def test_authors_backbone_computes_what_the_model_computes(name, size, monkeypat
     ours = randomize_(benchmark.authors_dense_bias_features(name, size, feature_norm=True)).train()
     theirs = benchmark.authors_backbone(name, size, feature_norm=True).train()
     theirs.load_state_dict(ours.state_dict())
-    sdpa_calls, talking_head_calls = [], []
+    sdpa_calls, talking_head_calls, average_pool_calls = [], [], []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
                         lambda *args, **kwargs: sdpa_calls.append(1) or sdpa(*args, **kwargs))
     for module in theirs.modules():
         if isinstance(module, Attention2d):
             module.talking_head1.register_forward_hook(lambda *args: talking_head_calls.append(1))
+        if isinstance(module, torch.nn.AvgPool2d):
+            module.register_forward_hook(lambda *args: average_pool_calls.append(1))
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     outputs = []
     for model in (ours, theirs):
@@ -101,8 +104,9 @@ def test_authors_backbone_computes_what_the_model_computes(name, size, monkeypat
         torch.testing.assert_close(outputs[1][1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
     if name.startswith('efficientformerv2'):  # their talking heads ran as the convolution modules
         assert len(talking_head_calls) == sum(isinstance(m, Attention2d) for m in theirs.modules()) > 0
-    else:  # ours took SDPA (first forward), theirs the explicit form
+    else:  # ours took SDPA (first forward), theirs the explicit form; their pooling mixers PyTorch's pooling
         assert len(sdpa_calls) == 1
+        assert len(average_pool_calls) == sum(isinstance(m, WindowAveragePooling) for m in theirs.modules()) > 0
 
 
 def test_training_flops_count_a_grouped_convolution_backward_once():

@@ -10,6 +10,7 @@ import timm.models.efficientformer_v2 as timm_v2
 
 from efficientformer_timm import EfficientFormer, EfficientFormerV2
 from efficientformer_timm._bias import relative_offset_index
+from efficientformer_timm.efficientformer import WindowAveragePooling
 from helpers import ALL_MODELS, randomize_
 
 WIDTHS = {
@@ -134,6 +135,25 @@ def test_feature_norm_option(name, norm_type):
     with torch.no_grad():
         for raw, normed, norm in zip(plain(x), model(x), norms[1:]):
             torch.testing.assert_close(normed, norm(raw))
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('shape', [(2, 5, 64, 64), (1, 7, 13, 9), (2, 4, 2, 5), (1, 3, 1, 1)])
+def test_window_average_pooling_equals_timm_pooling(shape, layout):
+    """The pooling mixer's depthwise-convolution average is timm's (PyTorch's average pooling, padding left out):
+    same values and input gradients at edges, odd sizes and 1-pixel maps, in both memory formats, which it keeps."""
+    ours = WindowAveragePooling(3)
+    assert type(timm.create_model('efficientformer_l1').stages[0].blocks[0].token_mixer) is WindowAveragePooling
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    got, want = ours(x), timm_v1.Pooling(3)(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=layout)
+    grad = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0],
+                               rtol=1e-12, atol=1e-12)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # the average in bf16, the difference in the input's fp32
+        low = ours(x.detach().float())
+    torch.testing.assert_close(low, want.detach().float(), rtol=0.02, atol=0.05)
 
 
 def test_bias_resize_is_exact_at_pretraining_grid_and_follows_offsets():

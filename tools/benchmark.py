@@ -14,12 +14,14 @@ Inference (default): for each model and input size it times (eval, no grad) batc
   ours_fused_channels_last  fused, run in channels_last memory format
   ours_fused_compiled  (with --compile) fused, through torch.compile (inductor; compile time not timed)
   resize_table_every_forward  ours with the small offset table resized at every forward (no cache)
+  pytorch_average_pooling  (V1) ours with the pooling mixers' average computed by PyTorch's average pooling, as
+              timm does, instead of a depthwise convolution
   authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code (the fixed-grid option
               for 800 px at detection sizes, 512 at segmentation sizes, 224 otherwise): the full (N0, N0) matrix
               resized bicubically to (N, N) at every forward
-  authors_backbone  the authors' dense backbone: their bias as above and their attention arithmetic (explicit
-              softmax attention, V2's talking heads as 1x1 convolutions, the scale and the bias as separate
-              passes over the attention maps, contiguous outputs)
+  authors_backbone  the authors' dense backbone: their bias as above and their arithmetic (explicit softmax
+              attention, V2's talking heads as 1x1 convolutions, the scale and the bias as separate passes over
+              the attention maps, contiguous outputs, V1's pooling mixer as PyTorch's average pooling)
   mm_backbone the OpenMMLab backbone as the mm configs build it (channels_last, fused in eval)
   timm_builtin  timm 1.0.31's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
@@ -61,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import efficientformer_timm  # noqa: F401
 from efficientformer_timm._bias import GridAttentionBias
-from efficientformer_timm.efficientformer import Attention
+from efficientformer_timm.efficientformer import Attention, WindowAveragePooling
 from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.fuse import fuse_batchnorm
 from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES
@@ -136,8 +138,13 @@ def _authors_attention2d_downsample(self, x):
     return self.proj(self.act(x))
 
 
+def _average_pooling_mixer(self, x):
+    """V1's pooling mixer as timm and the authors compute it: PyTorch's average pooling."""
+    return self.pool(x) - x
+
+
 AUTHORS_FORWARD = {Attention: _authors_attention, Attention2d: _authors_attention2d,
-                   Attention2dDownsample: _authors_attention2d_downsample}
+                   Attention2dDownsample: _authors_attention2d_downsample, WindowAveragePooling: _average_pooling_mixer}
 
 
 def authors_backbone(name, size, **kwargs):
@@ -147,6 +154,14 @@ def authors_backbone(name, size, **kwargs):
         if type(module) in AUTHORS_FORWARD:
             module.forward = types.MethodType(AUTHORS_FORWARD[type(module)], module)
     return features
+
+
+def average_pooling_mixer(model):
+    """V1's pooling mixers computed with PyTorch's average pooling instead of the depthwise convolution."""
+    for module in model.modules():
+        if type(module) is WindowAveragePooling:
+            module.forward = types.MethodType(_average_pooling_mixer, module)
+    return model
 
 
 def mm_backbone(name, **kwargs):
@@ -177,6 +192,8 @@ def build_variants(name, size, device, compile_model=False):
                 'authors_dense_bias': authors_dense_bias_features(name, size),
                 'authors_backbone': authors_backbone(name, size),
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
+    if name in V1_MODEL_NAMES:
+        variants['pytorch_average_pooling'] = average_pooling_mixer(copy.deepcopy(ours))
     if compile_model:
         variants['ours_fused_compiled'] = torch.compile(copy.deepcopy(fused))
     if size == (224, 224):
@@ -291,8 +308,8 @@ def print_profile(model, x, autocast_dtype, label, rows=8):
 
 def print_train_breakdown(model, x, autocast_dtype, label, steps=3, rows=6):
     """Where a training step's time goes, summed over ``steps`` steps and timed by hooks (each synchronizing the
-    device): forward by leaf module type, the rest of the forward (additions, attention products outside leaf
-    modules) as ``other``, and backward by autograd node."""
+    device): forward by leaf module type (V1's pooling mixer as one), the rest of the forward (additions, attention
+    products outside leaf modules) as ``other``, and backward by autograd node."""
     device = x.device
     forward, backward, starts = collections.Counter(), collections.Counter(), {}
     forward_total = backward_total = 0.
@@ -306,8 +323,10 @@ def print_train_breakdown(model, x, autocast_dtype, label, steps=3, rows=6):
         counter[name] += time.perf_counter() - starts.pop(key)
 
     handles = []
+    # V1's pooling mixers count as one module (their ``pool`` child runs only in the authors' arithmetic)
+    inner = {module.pool for module in model.modules() if isinstance(module, WindowAveragePooling)}
     for module in model.modules():
-        if not any(module.children()):
+        if (not any(module.children()) and module not in inner) or isinstance(module, WindowAveragePooling):
             name = type(module).__name__
             handles.append(module.register_forward_pre_hook(lambda m, args: start(m)))
             handles.append(module.register_forward_hook(lambda m, args, out, name=name: stop(forward, m, name)))
