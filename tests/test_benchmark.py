@@ -1,5 +1,6 @@
 """tools/benchmark.py runs every variant it names, in both modes, and writes files only when asked; its
 reproduction of the authors' backbone computes what the model computes."""
+import copy
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -127,3 +129,16 @@ def test_training_flops_count_a_grouped_convolution_backward_once():
     # training: the forward and the weight gradient (the input needs none)
     assert benchmark.count_flops(benchmark.train_step, Depthwise(), x) == 2 * forward
     assert benchmark.count_flops(benchmark.train_step, Depthwise(), x.requires_grad_()) == 3 * forward
+
+
+def test_network_flops_count_the_pooling_mixer_as_average_pooling():
+    """The depthwise convolution that computes V1's pooling mixer is not counted: every variant's rate is of the
+    same count, the one of timm's arithmetic (average pooling, which the flop counter counts as none)."""
+    import benchmark
+    model = timm.create_model('efficientformer_l1', features_only=True).eval()
+    x = torch.randn(1, 3, 64, 96)
+    timm_arithmetic = benchmark.count_flops(benchmark.infer, benchmark.average_pooling_mixer(copy.deepcopy(model)), x)
+    assert benchmark.count_network_flops(benchmark.infer, model, x) == timm_arithmetic
+    assert benchmark.count_flops(benchmark.infer, model, x) > timm_arithmetic
+    mixers = [m for m in model.modules() if type(m) is WindowAveragePooling]
+    assert mixers and not any('forward' in vars(m) for m in mixers)  # the model itself keeps its mixers

@@ -278,6 +278,12 @@ def count_flops(step, model, x):
     return counter.get_total_flops()
 
 
+def count_network_flops(step, model, x):
+    """FLOPs of one ``step`` of our network, with V1's pooling mixers counted as the flop counter counts average
+    pooling (none), whichever way the model computes them: the rates of all variants share one count."""
+    return count_flops(step, average_pooling_mixer(copy.deepcopy(model)), x)
+
+
 def peak_memory_mb(step, model, x, device, autocast_dtype):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -404,7 +410,7 @@ def run_inference(args, device, autocast_dtype, machine):
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size, device=device)
                 medians, faults = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
-                flops = count_flops(infer, variants['ours'], x)
+                flops = count_network_flops(infer, variants['ours'], x)
                 if args.profile:
                     for key in ('ours', 'ours_fused_channels_last') & variants.keys():
                         print_profile(variants[key], x, autocast_dtype,
@@ -443,7 +449,7 @@ def run_train(args, device, autocast_dtype, machine):
             variants = select(build_train_variants(name, size, device), args.variants)
             x = torch.randn(batch, 3, *size, device=device)
             medians, faults = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
-            flops = count_flops(train_step, variants['ours'], x)
+            flops = count_network_flops(train_step, variants['ours'], x)
             if args.profile:
                 for key in ('mm_backbone', 'authors_backbone') & variants.keys():
                     print_train_breakdown(variants[key], x, autocast_dtype,
@@ -485,7 +491,7 @@ def report_targets(rows):
         if r['mode'] == 'inference' and r['variant'] in ('ours_fused_channels_last', 'mm_backbone') \
                 and r['size'] == '800x1333':
             lines.append((f"{r['model']} {r['size']} batch {r['batch']} {r['variant']}: >= 0.70 of the matmul "
-                          'GFLOP/s', f"{r['fraction_of_matmul']:.2f}", r['fraction_of_matmul'] >= 0.70))
+                          'GFLOP/s', f"{r['fraction_of_matmul']:.3f}", r['fraction_of_matmul'] >= 0.70))
     if lines:
         print('\n| target | measured | met |\n|---|---|---|')
         for target, measured, met in lines:
