@@ -503,17 +503,20 @@ def test_keeping_freed_cpu_memory_stops_most_page_faults_of_large_blocks():
 @pytest.mark.parametrize('setting', [None, True, False])
 def test_runner_keeps_freed_cpu_memory_unless_switched_off(tmp_path, monkeypatch, setting):
     from mmengine.config import Config
-    from mmengine.logging import MMLogger
     from efficientformer_timm.mm import EfficientFormerRunner, runner
     calls = []
     monkeypatch.setattr(runner, 'keep_freed_cpu_memory', lambda: calls.append(1) or True)
     cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'maskrcnn_l1_toy.py'))
     cfg.work_dir = str(tmp_path)
+    # mmengine names a run's logger by the second it started and reuses a logger of the same name, log file
+    # included: a name of its own keeps each case's log apart
+    cfg.experiment_name = f'keep_freed_cpu_memory_{setting}_{tmp_path.name}'
     if setting is not None:
         cfg.env_cfg.keep_freed_cpu_memory = setting
-    EfficientFormerRunner.from_cfg(cfg)
+    built = EfficientFormerRunner.from_cfg(cfg)
     assert calls == ([] if setting is False else [1])
-    with open(MMLogger.get_current_instance().log_file) as log:
+    assert built.logger.log_file.startswith(str(tmp_path))
+    with open(built.logger.log_file) as log:
         applied = 'env_cfg.keep_freed_cpu_memory: glibc keeps freed memory for reuse' in log.read()
     assert applied == (setting is not False)
 
