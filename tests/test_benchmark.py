@@ -32,13 +32,17 @@ def _run(args, cwd):
 @pytest.mark.mm  # the mm_backbone variants
 def test_training_steps_with_json_and_plot(tmp_path):
     log = _run(['--train', '--cases', '64x96:2', '--json', 'rows.json', '--plot', 'times.png', '--profile',
-                '--keep-freed-memory'], tmp_path)
+                '--keep-freed-memory', '--compile'], tmp_path)
     written = json.loads((tmp_path / 'rows.json').read_text())
     assert written['machine']['keep_freed_memory'] and ', freed memory kept; fp32 2048^3 matmul' in log
+    capability = written['machine']['cpu_capability']
+    assert capability == torch.backends.cpu.get_cpu_capability() and f'({capability} kernels)' in log
     rows = written['results']
     assert [r['variant'] for r in rows] == ['ours', 'ours_channels_last', 'mm_backbone', 'mm_backbone_plain',
                                            'authors_dense_bias', 'authors_backbone', 'resnet50',
-                                           'resnet50_channels_last']
+                                           'resnet50_channels_last', 'mm_backbone_compiled']
+    assert re.search(r'# efficientformerv2_s0 64x96 batch 2 mm_backbone_compiled: first step \(compiling\) '
+                     r'[0-9.]+ s', log)
     assert all(r['mode'] == 'train' and r['size'] == '64x96' and r['batch'] == 2 and r['median_ms'] > 0
                and r['peak_mb'] > 0 and r['page_faults_per_step'] >= 0 for r in rows)
     # every variant but resnet50 runs our network: the same training FLOPs, each at its own rate
@@ -51,16 +55,41 @@ def test_training_steps_with_json_and_plot(tmp_path):
             rate = r['gflops'] / r['median_ms'] * 1e3
             assert r['achieved_gflops_per_s'] == pytest.approx(rate)
             assert r['fraction_of_matmul'] == pytest.approx(rate / written['machine']['matmul_fp32_gflops'])
-    target = re.search(r"\| efficientformerv2_s0 64x96 batch 2: mm backbone train step <= 0.70x the authors' dense "
-                       r"backbone \| [0-9.]+x \(mm backbone at ([0-9.]+) of the matmul GFLOP/s, the authors' at "
-                       r"([0-9.]+): 0.70x needs ([0-9.]+)\) \|", log)
-    assert float(target.group(3)) == pytest.approx(float(target.group(2)) / 0.70, abs=0.01)
+    for label in ('mm backbone', 'mm backbone compiled'):
+        target = re.search(rf"\| efficientformerv2_s0 64x96 batch 2: {label} train step <= 0.70x the authors' dense "
+                           rf"backbone \| [0-9.]+x \({label} at ([0-9.]+) of the matmul GFLOP/s, the authors' at "
+                           r"([0-9.]+): 0.70x needs ([0-9.]+)\) \|", log)
+        assert float(target.group(3)) == pytest.approx(float(target.group(2)) / 0.70, abs=0.01)
     for variant in ('mm_backbone', 'authors_backbone'):  # forward modules and backward nodes of a training step
         line = re.search(rf'# breakdown training step efficientformerv2_s0 64x96 batch 2 {variant}, mean of 3 steps: '
                          r'forward ([0-9]+) ms \((.*)\); backward ([0-9]+) ms \((.*)\)$', log, re.MULTILINE)
         assert 'Conv2d' in line.group(2) and 'ConvolutionBackward0' in line.group(4)
     with Image.open(tmp_path / 'times.png') as picture:
         assert picture.format == 'PNG'
+
+
+@pytest.mark.mm
+def test_compiled_mm_backbone_trains_like_the_mm_backbone():
+    """--train --compile's variant: a compiled training step, with the mm backbone's outputs and gradients."""
+    import benchmark
+    eager = randomize_(benchmark.mm_backbone('efficientformerv2_s0')).train()
+    compiled = benchmark.compiled_mm_backbone('efficientformerv2_s0').train()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 64, 96)
+    results = []
+    for model in (eager, compiled):
+        out = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
+        results.append((out, {k: p.grad for k, p in model.named_parameters()}))
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1
+    for got, want in zip(results[1][0], results[0][0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # absolute tolerance on the scale of all gradients: a convolution bias ahead of a train-mode BatchNorm has a
+    # gradient of zero up to rounding, which a relative check would compare noise against noise
+    scale = max(grad.abs().max().item() for grad in results[0][1].values())
+    for key, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][key], grad, rtol=1e-3, atol=1e-4 * scale, msg=key)
 
 
 @pytest.mark.mm

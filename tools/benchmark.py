@@ -29,7 +29,9 @@ Inference (default): for each model and input size it times (eval, no grad) batc
 --train: one training step (train mode, forward and backward of the mean of every output) at the input sizes
 and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the authors' dense backbones:
   ours, ours_channels_last, mm_backbone (as the configs build it), mm_backbone_plain (channels_last=False),
-  authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last
+  authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last, and with --compile
+  mm_backbone_compiled (its network's forward through torch.compile, inductor, static shapes: one compile per
+  input size; the compile time is printed, not timed)
 
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, peak memory
 (CUDA: max_memory_allocated; CPU: allocations seen by the torch profiler) and the process's minor page faults
@@ -202,7 +204,16 @@ def build_variants(name, size, device, compile_model=False):
     return _available({k: v.eval() if v is not None else None for k, v in variants.items()}, device)
 
 
-def build_train_variants(name, size, device):
+def compiled_mm_backbone(name):
+    """The mm backbone with its network's forward (``forward_intermediates``, what the backbone calls) through
+    torch.compile with static shapes (None without the `mm` extra)."""
+    backbone = mm_backbone(name)
+    if backbone is not None:
+        backbone.model.forward_intermediates = torch.compile(backbone.model.forward_intermediates, dynamic=False)
+    return backbone
+
+
+def build_train_variants(name, size, device, compile_model=False):
     norms = dict(feature_norm=name in V1_MODEL_NAMES)  # the authors' dense backbones: GroupNorm for V1, none for V2
     ours = timm.create_model(name, features_only=True, **norms)
     resnet = timm.create_model('resnet50', features_only=True)
@@ -212,6 +223,8 @@ def build_train_variants(name, size, device):
                 'authors_dense_bias': authors_dense_bias_features(name, size, **norms),
                 'authors_backbone': authors_backbone(name, size, **norms),
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
+    if compile_model:
+        variants['mm_backbone_compiled'] = compiled_mm_backbone(name)
     return _available({k: v.train() if v is not None else None for k, v in variants.items()}, device)
 
 
@@ -446,8 +459,12 @@ def run_train(args, device, autocast_dtype, machine):
         for case in args.cases:
             size_text, _, batch = case.partition(':')
             size, batch = parse_size(size_text), int(batch or 1)
-            variants = select(build_train_variants(name, size, device), args.variants)
+            variants = select(build_train_variants(name, size, device, args.compile), args.variants)
             x = torch.randn(batch, 3, *size, device=device)
+            if 'mm_backbone_compiled' in variants:
+                seconds = time_once(train_step, variants['mm_backbone_compiled'], x, device, autocast_dtype)
+                print(f'# {name} {size[0]}x{size[1]} batch {batch} mm_backbone_compiled: first step (compiling) '
+                      f'{seconds:.1f} s', flush=True)
             medians, faults = measure(train_step, variants, x, device, autocast_dtype, args.repeats, args.warmup)
             flops = count_network_flops(train_step, variants['ours'], x)
             if args.profile:
@@ -472,14 +489,15 @@ def report_targets(rows):
     """The performance targets, checked against this run's figures (those it measured)."""
     lines = []
     for r in rows:
-        if r['mode'] == 'train' and r['variant'] == 'mm_backbone':
+        if r['mode'] == 'train' and r['variant'] in ('mm_backbone', 'mm_backbone_compiled'):
             ref = next((q for q in rows if q['mode'] == 'train' and q['variant'] == 'authors_backbone'
                         and (q['model'], q['size'], q['batch']) == (r['model'], r['size'], r['batch'])), None)
             if ref:  # 0.70x their time is 1 / 0.70 their rate of the same FLOPs
                 ratio = r['median_ms'] / ref['median_ms']
-                rates = (f" (mm backbone at {r['fraction_of_matmul']:.2f} of the matmul GFLOP/s, the authors' at "
+                label = r['variant'].replace('_', ' ')  # 'mm backbone', 'mm backbone compiled'
+                rates = (f" ({label} at {r['fraction_of_matmul']:.2f} of the matmul GFLOP/s, the authors' at "
                          f"{ref['fraction_of_matmul']:.2f}: 0.70x needs {ref['fraction_of_matmul'] / 0.70:.2f})")
-                lines.append((f"{r['model']} {r['size']} batch {r['batch']}: mm backbone train step "
+                lines.append((f"{r['model']} {r['size']} batch {r['batch']}: {label} train step "
                               "<= 0.70x the authors' dense backbone", f'{ratio:.2f}x{rates}', ratio <= 0.70))
         if r['mode'] == 'inference' and r['batch'] == 1 and r['size'] == '800x1333' and r['variant'] == 'ours' \
                 and r['model'] == 'efficientformer_l1':
@@ -534,7 +552,9 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', choices=['fp32', 'fp16', 'bf16'], default='fp32')
-    parser.add_argument('--compile', action='store_true', help='add torch.compile of the fused model (slow to build)')
+    parser.add_argument('--compile', action='store_true',
+                        help='add torch.compile of the fused model (inference) or of the mm backbone (--train); '
+                             'slow to build')
     parser.add_argument('--profile', action='store_true',
                         help='also print the top operators of one step: of ours and ours_fused_channels_last '
                              '(inference), of mm_backbone and authors_backbone (--train)')
@@ -554,11 +574,13 @@ def main(argv=None):
 
     machine = dict(
         date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=str(device),
-        cpu=platform.processor() or platform.machine(), threads=args.threads, dtype=args.dtype,
+        cpu=platform.processor() or platform.machine(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        threads=args.threads, dtype=args.dtype,
         torch=torch.__version__, timm=timm.__version__,
         gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None, keep_freed_memory=args.keep_freed_memory)
     machine['matmul_fp32_gflops'] = matmul_gflops(device, max(args.repeats, 10))
-    print(f"# {machine['date']} {machine['device']} {machine['gpu'] or machine['cpu']}, {args.threads} threads, "
+    where = machine['gpu'] or f"{machine['cpu']} ({machine['cpu_capability']} kernels)"
+    print(f"# {machine['date']} {machine['device']} {where}, {args.threads} threads, "
           f"{args.dtype}{', freed memory kept' if args.keep_freed_memory else ''}; fp32 2048^3 matmul: "
           f"{machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
     run = run_train if args.train else run_inference
