@@ -75,14 +75,18 @@ def test_compiled_mm_backbone_trains_like_the_mm_backbone():
     eager = randomize_(benchmark.mm_backbone('efficientformerv2_s0')).train()
     compiled = benchmark.compiled_mm_backbone('efficientformerv2_s0').train()
     compiled.load_state_dict(eager.state_dict())
-    torch._dynamo.reset()
     x = torch.randn(2, 3, 64, 96)
-    results = []
-    for model in (eager, compiled):
+
+    def step(model):
         out = model(x)
         sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
-        results.append((out, {k: p.grad for k, p in model.named_parameters()}))
-    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1
+        return out, {k: p.grad for k, p in model.named_parameters()}
+
+    graphs = torch._dynamo.utils.counters['stats']
+    results = [step(eager)]
+    graphs_before = graphs['unique_graphs']
+    results.append(step(compiled))
+    assert graphs['unique_graphs'] > graphs_before  # dynamo compiled the network's forward
     for got, want in zip(results[1][0], results[0][0]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # absolute tolerance on the scale of all gradients: a convolution bias ahead of a train-mode BatchNorm has a
