@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-__all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'biased_attention', 'relative_offset_index',
-           'resize_offset_table', 'tracing_or_compiling']
+__all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'attention_logits', 'biased_attention',
+           'relative_offset_index', 'resize_offset_table', 'tracing_or_compiling']
 
-# From this many query x key pairs on, scaled_dot_product_attention beats the explicit form for V1's attention
-# on CPU (development A/B, 2 threads: 0.81x the time at 1050 x 1050 tokens, 1.3-1.6x slower at 49 x 49).
+# From this many query x key pairs on, V1's attention on CUDA goes through scaled_dot_product_attention and its
+# fused kernels. CPU's only fused SDPA kernel needs equal q / k / v head sizes (V1's are 32 / 32 / 128), so there
+# SDPA runs its math path, which makes more passes over the (N, N) maps than the explicit form
+# (``tools/benchmark.py --variants scaled_dot_product_attention``): CPU always uses the explicit form.
 SDPA_MIN_PAIRS = 256 * 256
 
 
@@ -36,16 +38,21 @@ def tracing_or_compiling() -> bool:
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                      scale: float) -> torch.Tensor:
     """softmax(q @ k^T * scale + bias) @ v for (B, heads, N, dim) q, k, v and a (heads, Nq, Nk) bias. Large
-    grids use ``scaled_dot_product_attention``; traced / compiled graphs keep the explicit form."""
+    grids on CUDA use ``scaled_dot_product_attention``; traced / compiled graphs keep the explicit form."""
     pairs = q.shape[-2] * k.shape[-2]
     if torch.jit.is_scripting():
-        use_sdpa = pairs >= 256 * 256  # SDPA_MIN_PAIRS: TorchScript cannot read module globals
-    else:
-        use_sdpa = not tracing_or_compiling() and pairs >= SDPA_MIN_PAIRS
+        use_sdpa = q.is_cuda and pairs >= 256 * 256  # SDPA_MIN_PAIRS: TorchScript cannot read module globals
+    else:  # tracing first: FX proxies have no device to branch on
+        use_sdpa = not tracing_or_compiling() and q.is_cuda and pairs >= SDPA_MIN_PAIRS
     if use_sdpa:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    attn = (q @ k.transpose(-2, -1)) * scale + bias
-    return attn.softmax(dim=-1) @ v
+    return attention_logits(q, k, bias, scale).softmax(dim=-1) @ v
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """q @ k^T * scale + bias. The (B, heads, Nq, Nk) maps are the large tensors on large grids: q is scaled
+    instead, and the bias is added in place."""
+    return ((q * scale) @ k.transpose(-2, -1)).add_(bias)
 
 
 def antialiased_bicubic_weights(in_size: int, out_size: int, device: Optional[torch.device] = None) -> torch.Tensor:

@@ -20,7 +20,7 @@ from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientformer import Downsample, Flat, MetaBlock2d, Pooling, Stem4
 
-from ._bias import GridAttentionBias, biased_attention
+from ._bias import GridAttentionBias, attention_logits, biased_attention
 from ._common import EfficientFormerBase, build_efficientformer, checkpoint_filter_fn, pretrained_cfg
 from .variants import EFFICIENTFORMER_ARCHS
 
@@ -59,7 +59,7 @@ class Attention(GridAttentionBias):
     def attention_probs(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """The (B, heads, N, N) attention weights that ``forward`` applies (transformers' ``attentions``)."""
         q, k, _ = self._qkv(x)
-        return ((q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(grid, q.dtype)).softmax(dim=-1)
+        return attention_logits(q, k, self.attention_bias(grid, q.dtype), self.scale).softmax(dim=-1)
 
 
 class WindowAveragePooling(Pooling):

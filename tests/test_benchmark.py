@@ -12,7 +12,7 @@ import timm
 import torch
 from PIL import Image
 
-from efficientformer_timm.efficientformer import WindowAveragePooling
+from efficientformer_timm.efficientformer import Attention, WindowAveragePooling
 from efficientformer_timm.efficientformer_v2 import Attention2d
 from helpers import randomize_
 
@@ -113,18 +113,15 @@ def test_inference_writes_nothing_unless_asked(tmp_path):
                         'mm_backbone']
 
 
-# L1 at 512: its attention is on a 16 x 16 grid, where the model uses scaled_dot_product_attention; V2-S0 at an
-# odd size: the strided attention, its upsampling and the downsample attention
+# L1 at 512: its attention on a 16 x 16 grid, its pooling mixers; V2-S0 at an odd size: the strided attention, its
+# upsampling and the downsample attention
 @pytest.mark.parametrize('name,size', [('efficientformer_l1', (512, 512)), ('efficientformerv2_s0', (224, 290))])
-def test_authors_backbone_computes_what_the_model_computes(name, size, monkeypatch):
+def test_authors_backbone_computes_what_the_model_computes(name, size):
     import benchmark
     ours = randomize_(benchmark.authors_dense_bias_features(name, size, feature_norm=True)).train()
     theirs = benchmark.authors_backbone(name, size, feature_norm=True).train()
     theirs.load_state_dict(ours.state_dict())
-    sdpa_calls, talking_head_calls, average_pool_calls = [], [], []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
-                        lambda *args, **kwargs: sdpa_calls.append(1) or sdpa(*args, **kwargs))
+    talking_head_calls, average_pool_calls = [], []
     for module in theirs.modules():
         if isinstance(module, Attention2d):
             module.talking_head1.register_forward_hook(lambda *args: talking_head_calls.append(1))
@@ -143,9 +140,33 @@ def test_authors_backbone_computes_what_the_model_computes(name, size, monkeypat
         torch.testing.assert_close(outputs[1][1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
     if name.startswith('efficientformerv2'):  # their talking heads ran as the convolution modules
         assert len(talking_head_calls) == sum(isinstance(m, Attention2d) for m in theirs.modules()) > 0
-    else:  # ours took SDPA (first forward), theirs the explicit form; their pooling mixers PyTorch's pooling
-        assert len(sdpa_calls) == 1
+    else:  # their pooling mixers ran PyTorch's average pooling
         assert len(average_pool_calls) == sum(isinstance(m, WindowAveragePooling) for m in theirs.modules()) > 0
+
+
+def test_sdpa_variant_computes_what_the_model_computes(monkeypatch):
+    """The benchmark's scaled_dot_product_attention variant: SDPA in every V1 attention, the model's outputs and
+    gradients (L3 at 512: its attention on a 16 x 16 grid)."""
+    import benchmark
+    ours = randomize_(timm.create_model('efficientformer_l3', features_only=True, feature_norm=True)).train()
+    theirs = benchmark.sdpa_attention(copy.deepcopy(ours))
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
+    x = torch.randn(2, 3, 512, 512, dtype=torch.float64)
+    outputs = []
+    for model in (ours, theirs):
+        calls.clear()
+        model.double()
+        out = model(x.clone().requires_grad_())
+        sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out).backward()
+        outputs.append((out, {k: p.grad for k, p in model.named_parameters()}, len(calls)))
+    assert outputs[0][2] == 0 and outputs[1][2] == sum(isinstance(m, Attention) for m in ours.modules()) == 4
+    for got, want in zip(outputs[1][0], outputs[0][0]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for key, grad in outputs[0][1].items():
+        torch.testing.assert_close(outputs[1][1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
 
 
 def test_training_flops_count_a_grouped_convolution_backward_once():

@@ -16,6 +16,8 @@ Inference (default): for each model and input size it times (eval, no grad) batc
   resize_table_every_forward  ours with the small offset table resized at every forward (no cache)
   pytorch_average_pooling  (V1) ours with the pooling mixers' average computed by PyTorch's average pooling, as
               timm does, instead of a depthwise convolution
+  scaled_dot_product_attention  (V1) ours with the attention through ``scaled_dot_product_attention`` at every
+              grid size (what CUDA runs on large grids; on CPU its math path) instead of the explicit form
   authors_dense_bias  ours with the bias made as in the authors' mmdet / mmseg code (the fixed-grid option
               for 800 px at detection sizes, 512 at segmentation sizes, 224 otherwise): the full (N0, N0) matrix
               resized bicubically to (N, N) at every forward
@@ -29,7 +31,8 @@ Inference (default): for each model and input size it times (eval, no grad) batc
 --train: one training step (train mode, forward and backward of the mean of every output) at the input sizes
 and batches of the mm configs (--cases SIZE:BATCH), with the output norms of the authors' dense backbones:
   ours, ours_channels_last, mm_backbone (as the configs build it), mm_backbone_plain (channels_last=False),
-  authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last, and with --compile
+  authors_dense_bias, authors_backbone, resnet50, resnet50_channels_last, scaled_dot_product_attention (V1),
+  and with --compile
   mm_backbone_compiled (its network's forward through torch.compile, inductor, static shapes: one compile per
   input size; the compile time is printed, not timed)
 
@@ -140,6 +143,15 @@ def _authors_attention2d_downsample(self, x):
     return self.proj(self.act(x))
 
 
+def _sdpa_attention(self, x, grid):
+    """V1 attention through ``scaled_dot_product_attention`` at every grid size."""
+    B, N, _ = x.shape
+    q, k, v = self._qkv(x)
+    x = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(grid, q.dtype),
+                                                         scale=self.scale)
+    return self.proj(x.transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
 def _average_pooling_mixer(self, x):
     """V1's pooling mixer as timm and the authors compute it: PyTorch's average pooling."""
     return self.pool(x) - x
@@ -163,6 +175,14 @@ def average_pooling_mixer(model):
     for module in model.modules():
         if type(module) is WindowAveragePooling:
             module.forward = types.MethodType(_average_pooling_mixer, module)
+    return model
+
+
+def sdpa_attention(model):
+    """V1's attention through ``scaled_dot_product_attention`` instead of the explicit form."""
+    for module in model.modules():
+        if type(module) is Attention:
+            module.forward = types.MethodType(_sdpa_attention, module)
     return model
 
 
@@ -196,6 +216,7 @@ def build_variants(name, size, device, compile_model=False):
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
     if name in V1_MODEL_NAMES:
         variants['pytorch_average_pooling'] = average_pooling_mixer(copy.deepcopy(ours))
+        variants['scaled_dot_product_attention'] = sdpa_attention(copy.deepcopy(ours))
     if compile_model:
         variants['ours_fused_compiled'] = torch.compile(copy.deepcopy(fused))
     if size == (224, 224):
@@ -223,6 +244,8 @@ def build_train_variants(name, size, device, compile_model=False):
                 'authors_dense_bias': authors_dense_bias_features(name, size, **norms),
                 'authors_backbone': authors_backbone(name, size, **norms),
                 'resnet50': resnet, 'resnet50_channels_last': ChannelsLast(copy.deepcopy(resnet))}
+    if name in V1_MODEL_NAMES:
+        variants['scaled_dot_product_attention'] = sdpa_attention(copy.deepcopy(ours))
     if compile_model:
         variants['mm_backbone_compiled'] = compiled_mm_backbone(name)
     return _available({k: v.train() if v is not None else None for k, v in variants.items()}, device)
