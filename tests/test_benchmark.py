@@ -113,6 +113,21 @@ def test_inference_writes_nothing_unless_asked(tmp_path):
                         'mm_backbone']
 
 
+def _outputs_and_gradients(model, x):
+    """Float64 forward and backward, with a loss that weights every output element differently."""
+    model.double()
+    out = model(x.clone().requires_grad_())
+    sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out).backward()
+    return out, {k: p.grad for k, p in model.named_parameters()}
+
+
+def _assert_same_outputs_and_gradients(got, want):
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for key, grad in want[1].items():
+        torch.testing.assert_close(got[1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
+
+
 # L1 at 512: its attention on a 16 x 16 grid, its pooling mixers; V2-S0 at an odd size: the strided attention, its
 # upsampling and the downsample attention
 @pytest.mark.parametrize('name,size', [('efficientformer_l1', (512, 512)), ('efficientformerv2_s0', (224, 290))])
@@ -128,16 +143,7 @@ def test_authors_backbone_computes_what_the_model_computes(name, size):
         if isinstance(module, torch.nn.AvgPool2d):
             module.register_forward_hook(lambda *args: average_pool_calls.append(1))
     x = torch.randn(2, 3, *size, dtype=torch.float64)
-    outputs = []
-    for model in (ours, theirs):
-        model.double()
-        out = model(x.clone().requires_grad_())
-        sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out).backward()
-        outputs.append((out, {k: p.grad for k, p in model.named_parameters()}))
-    for got, want in zip(outputs[1][0], outputs[0][0]):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
-    for key, grad in outputs[0][1].items():
-        torch.testing.assert_close(outputs[1][1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
+    _assert_same_outputs_and_gradients(_outputs_and_gradients(theirs, x), _outputs_and_gradients(ours, x))
     if name.startswith('efficientformerv2'):  # their talking heads ran as the convolution modules
         assert len(talking_head_calls) == sum(isinstance(m, Attention2d) for m in theirs.modules()) > 0
     else:  # their pooling mixers ran PyTorch's average pooling
@@ -155,18 +161,10 @@ def test_sdpa_variant_computes_what_the_model_computes(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
                         lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
     x = torch.randn(2, 3, 512, 512, dtype=torch.float64)
-    outputs = []
-    for model in (ours, theirs):
-        calls.clear()
-        model.double()
-        out = model(x.clone().requires_grad_())
-        sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out).backward()
-        outputs.append((out, {k: p.grad for k, p in model.named_parameters()}, len(calls)))
-    assert outputs[0][2] == 0 and outputs[1][2] == sum(isinstance(m, Attention) for m in ours.modules()) == 4
-    for got, want in zip(outputs[1][0], outputs[0][0]):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
-    for key, grad in outputs[0][1].items():
-        torch.testing.assert_close(outputs[1][1][key], grad, rtol=1e-8, atol=1e-9, msg=key)
+    want = _outputs_and_gradients(ours, x)
+    assert not calls
+    _assert_same_outputs_and_gradients(_outputs_and_gradients(theirs, x), want)
+    assert len(calls) == sum(isinstance(m, Attention) for m in ours.modules()) == 4
 
 
 def test_training_flops_count_a_grouped_convolution_backward_once():

@@ -161,29 +161,27 @@ AUTHORS_FORWARD = {Attention: _authors_attention, Attention2d: _authors_attentio
                    Attention2dDownsample: _authors_attention2d_downsample, WindowAveragePooling: _average_pooling_mixer}
 
 
+def replace_forwards(model, forwards):
+    """Give every module whose type is a key of ``forwards`` that function as its forward."""
+    for module in model.modules():
+        if type(module) in forwards:
+            module.forward = types.MethodType(forwards[type(module)], module)
+    return model
+
+
 def authors_backbone(name, size, **kwargs):
     """The authors' dense backbone: their bias (``authors_dense_bias_features``) and their attention arithmetic."""
-    features = authors_dense_bias_features(name, size, **kwargs)
-    for module in features.modules():
-        if type(module) in AUTHORS_FORWARD:
-            module.forward = types.MethodType(AUTHORS_FORWARD[type(module)], module)
-    return features
+    return replace_forwards(authors_dense_bias_features(name, size, **kwargs), AUTHORS_FORWARD)
 
 
 def average_pooling_mixer(model):
     """V1's pooling mixers computed with PyTorch's average pooling instead of the depthwise convolution."""
-    for module in model.modules():
-        if type(module) is WindowAveragePooling:
-            module.forward = types.MethodType(_average_pooling_mixer, module)
-    return model
+    return replace_forwards(model, {WindowAveragePooling: _average_pooling_mixer})
 
 
 def sdpa_attention(model):
     """V1's attention through ``scaled_dot_product_attention`` instead of the explicit form."""
-    for module in model.modules():
-        if type(module) is Attention:
-            module.forward = types.MethodType(_sdpa_attention, module)
-    return model
+    return replace_forwards(model, {Attention: _sdpa_attention})
 
 
 def mm_backbone(name, **kwargs):
