@@ -450,11 +450,8 @@ def run_inference(args, device, autocast_dtype, machine):
                         print_profile(variants[key], x, autocast_dtype,
                                       f'{name} {size[0]}x{size[1]} batch {batch} {key}')
                 for key in variants:
-                    row = dict(mode='inference', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
-                               median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
-                               peak_mb=peak_memory_mb(infer, variants[key], x, device, autocast_dtype),
-                               page_faults_per_step=faults[key])
-                    add_flop_rate(row, flops, machine)
+                    row = make_row('inference', name, key, x, medians, faults, flops, machine,
+                                   peak_memory_mb(infer, variants[key], x, device, autocast_dtype))
                     rows.append(row)
                     achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
                     print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
@@ -463,12 +460,17 @@ def run_inference(args, device, autocast_dtype, machine):
     return rows
 
 
-def add_flop_rate(row, flops, machine):
-    """The rate at which a variant runs our network's FLOPs (resnet50 is another network: none)."""
-    if not row['variant'].startswith('resnet50'):
+def make_row(mode, name, key, x, medians, faults, flops, machine, peak_mb):
+    """One variant's figures on input ``x``, with the rate at which it runs our network's FLOPs (resnet50 is
+    another network: none)."""
+    row = dict(mode=mode, model=name, size=f'{x.shape[2]}x{x.shape[3]}', batch=x.shape[0], variant=key,
+               median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
+               peak_mb=peak_mb, page_faults_per_step=faults[key])
+    if not key.startswith('resnet50'):
         row['gflops'] = flops / 1e9
         row['achieved_gflops_per_s'] = flops / row['median_ms'] * 1e3 / 1e9
         row['fraction_of_matmul'] = row['achieved_gflops_per_s'] / machine['matmul_fp32_gflops']
+    return row
 
 
 def run_train(args, device, autocast_dtype, machine):
@@ -493,11 +495,8 @@ def run_train(args, device, autocast_dtype, machine):
                     print_train_breakdown(variants[key], x, autocast_dtype,
                                           f'training step {name} {size[0]}x{size[1]} batch {batch} {key}')
             for key in variants:
-                row = dict(mode='train', model=name, size=f'{size[0]}x{size[1]}', batch=batch, variant=key,
-                           median_ms=medians[key] * 1e3, ratio_to_ours=medians[key] / medians['ours'],
-                           peak_mb=peak_memory_mb(train_step, variants[key], x, device, autocast_dtype),
-                           page_faults_per_step=faults[key])
-                add_flop_rate(row, flops, machine)
+                row = make_row('train', name, key, x, medians, faults, flops, machine,
+                               peak_memory_mb(train_step, variants[key], x, device, autocast_dtype))
                 rows.append(row)
                 rate = (f"{row['achieved_gflops_per_s']:.1f} ({row['fraction_of_matmul']:.2f})" if 'gflops' in row
                         else '')
