@@ -198,3 +198,28 @@ def test_network_flops_count_the_pooling_mixer_as_average_pooling():
     assert benchmark.count_flops(benchmark.infer, model, x) > timm_arithmetic
     mixers = [m for m in model.modules() if type(m) is WindowAveragePooling]
     assert mixers and not any('forward' in vars(m) for m in mixers)  # the model itself keeps its mixers
+
+
+def test_device_check_accepts_fp32_rounding_and_refuses_wrong_values():
+    """The CUDA-vs-CPU check: tolerance relative to each output's scale, so rounding of large activations passes
+    and a wrong value in a small output fails."""
+    import benchmark
+    large, small = torch.randn(2, 8, 5, 5, dtype=torch.float64) * 1e6, torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    rounded = [large.float().double(), small.float().double()]  # fp32 rounding: about 1e-7 relative
+    diff, share = benchmark.outputs_match(rounded, [large, small])
+    assert 0 < diff and share < 0.01
+    wrong = small.clone()
+    wrong[1, 2, 0, 1] += 2e-4 * small.abs().max()
+    diff, share = benchmark.outputs_match([large, wrong], [large, small])
+    assert diff == pytest.approx(float(2e-4 * small.abs().max())) and share > 1
+
+
+@pytest.mark.mm  # the mm_backbone variant
+def test_device_check_runs_every_inference_variant():
+    """check_against_cpu copies every kind of variant (wrappers, the mm backbone with its folded copy, V1's
+    variants) to the CPU and compares; here the device is the CPU itself, so each matches."""
+    import benchmark
+    variants = benchmark.build_variants('efficientformer_l1', (224, 224), torch.device('cpu'))
+    results = benchmark.check_against_cpu(variants, torch.randn(1, 3, 224, 224))
+    assert results.keys() == variants.keys() and {'mm_backbone', 'timm_builtin', 'authors_backbone'} <= results.keys()
+    assert all(share <= 1 for _, share in results.values()), results

@@ -41,10 +41,11 @@ Each repeat runs every variant once in turn; medians are reported with ratios to
 per step (memory the step touches for the first time since the system handed it out). Both modes also report
 the FLOPs of our backbone's step (torch.utils.flop_counter; a training step counts forward and backward), the
 GFLOP/s each variant running that network achieves and the machine's fp32 matmul GFLOP/s measured in the same
-run. The performance targets are checked against the figures of the run. --profile prints where the time goes:
-for inference the top operators of one step in the torch profiler; for training the mean of 3 steps timed by
-hooks, forward by module type and backward by autograd node (the profiler's per-operator overhead inflates CPU
-backward kernels several-fold).
+run. The performance targets are checked against the figures of the run. On a device other than the CPU,
+inference first checks each variant's outputs against the same model on the CPU (fp32, TF32 off; in the JSON as
+``cpu_checks``). --profile prints where the time goes: for inference the top operators of one step in the torch
+profiler; for training the mean of 3 steps timed by hooks, forward by module type and backward by autograd node
+(the profiler's per-operator overhead inflates CPU backward kernels several-fold).
 --keep-freed-memory has glibc keep freed memory for reuse, as ``EfficientFormerRunner`` does on machines without
 CUDA (needs the ``mm`` extra). --json writes the rows, --plot draws time against input size per variant
 (matplotlib).
@@ -433,7 +434,36 @@ def measure(step, variants, x, device, autocast_dtype, repeats, warmup):
     return {k: statistics.median(v) for k, v in times.items()}, {k: statistics.mean(v) for k, v in faults.items()}
 
 
-def run_inference(args, device, autocast_dtype, machine):
+def outputs_match(got, expected, rtol=1e-4, atol=1e-5):
+    """(max |got - expected| over the outputs, the worst output's difference as a share of its tolerance
+    ``atol + rtol * max |expected|``: relative to each output's scale, with a floor for near-zero outputs)."""
+    diffs = [float((g.double().cpu() - e.double().cpu()).abs().max()) for g, e in zip(got, expected)]
+    tolerances = [atol + rtol * float(e.abs().max()) for e in expected]
+    return max(diffs), max(d / t for d, t in zip(diffs, tolerances))
+
+
+def check_against_cpu(variants, x):
+    """Each variant's outputs on ``x``'s device against the same model copied to the CPU, in fp32 with TF32 off
+    (what is checked is the device's code path, not a precision choice). Returns {variant: (max |difference|,
+    share of the tolerance)}; a share above 1 means the device computes something else."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        results = {}
+        for key, model in variants.items():
+            reference = copy.deepcopy(getattr(model, '_orig_mod', model)).cpu()  # a compiled model: its module
+            with torch.no_grad():
+                got, expected = model(x), reference(x.cpu())
+            if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected)):
+                raise RuntimeError(f'{key}: {x.device} gives outputs {[tuple(g.shape) for g in got]}, the CPU '
+                                   f'{[tuple(e.shape) for e in expected]}')
+            results[key] = outputs_match(got, expected)
+        return results
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def run_inference(args, device, autocast_dtype, machine, checks):
     print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB | page faults |')
     print('|---|---|---|---|---|---|---|---|---|')
     rows = []
@@ -441,6 +471,12 @@ def run_inference(args, device, autocast_dtype, machine):
         for size_text in args.sizes:
             size = parse_size(size_text)
             variants = select(build_variants(name, size, device, args.compile), args.variants)
+            if device.type != 'cpu':
+                for key, (diff, share) in check_against_cpu(variants, torch.randn(1, 3, *size, device=device)).items():
+                    checks.append(dict(model=name, size=f'{size[0]}x{size[1]}', variant=key, max_abs_diff=diff,
+                                       share_of_tolerance=share))
+                    print(f'# {name} {size[0]}x{size[1]} {key}: {device} vs CPU outputs, max |difference| {diff:.2e} '
+                          f'({share:.2g} of the tolerance)', flush=True)
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size, device=device)
                 medians, faults = measure(infer, variants, x, device, autocast_dtype, args.repeats, args.warmup)
@@ -536,6 +572,18 @@ def report_targets(rows):
             print(f'| {target} | {measured} | {"yes" if met else "no"} |')
 
 
+def report_checks(checks):
+    """Whether the device computes what the CPU computes: every variant, model and size of the run."""
+    if not checks:
+        return
+    worst = max(checks, key=lambda c: c['share_of_tolerance'])
+    failed = [f"{c['variant']} {c['model']} {c['size']}" for c in checks if c['share_of_tolerance'] > 1]
+    print('\n| check | measured | passed |\n|---|---|---|')
+    print("| outputs on the device match the CPU's (fp32, TF32 off; max difference <= 1e-5 + 1e-4 x the output's "
+          f"largest magnitude) | worst: {worst['variant']} {worst['model']} {worst['size']}, "
+          f"{worst['share_of_tolerance']:.2g} of the tolerance | {'no: ' + ', '.join(failed) if failed else 'yes'} |")
+
+
 def plot(rows, path):
     """Median time against input size (megapixels), one line per variant, one panel per model / mode / batch."""
     import matplotlib
@@ -597,18 +645,24 @@ def main(argv=None):
         cpu=platform.processor() or platform.machine(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
         threads=args.threads, dtype=args.dtype,
         torch=torch.__version__, timm=timm.__version__,
-        gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None, keep_freed_memory=args.keep_freed_memory)
+        gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None, keep_freed_memory=args.keep_freed_memory,
+        tf32_convolutions=torch.backends.cudnn.allow_tf32 if device.type == 'cuda' else None)
     machine['matmul_fp32_gflops'] = matmul_gflops(device, max(args.repeats, 10))
     where = machine['gpu'] or f"{machine['cpu']} ({machine['cpu_capability']} kernels)"
     print(f"# {machine['date']} {machine['device']} {where}, {args.threads} threads, "
-          f"{args.dtype}{', freed memory kept' if args.keep_freed_memory else ''}; fp32 2048^3 matmul: "
+          f"{args.dtype}{', TF32 convolutions (PyTorch default)' if machine['tf32_convolutions'] else ''}"
+          f"{', freed memory kept' if args.keep_freed_memory else ''}; fp32 2048^3 matmul: "
           f"{machine['matmul_fp32_gflops']:.1f} GFLOP/s", flush=True)
-    run = run_train if args.train else run_inference
-    rows = run(args, device, autocast_dtype, machine)
+    checks = []
+    if args.train:
+        rows = run_train(args, device, autocast_dtype, machine)
+    else:
+        rows = run_inference(args, device, autocast_dtype, machine, checks)
     report_targets(rows)
+    report_checks(checks)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=machine, results=rows), f, indent=1)
+            json.dump(dict(machine=machine, results=rows, cpu_checks=checks), f, indent=1)
         print(f'wrote {args.json}')
     if args.plot:
         plot(rows, args.plot)
