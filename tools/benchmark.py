@@ -55,6 +55,7 @@ import collections
 import copy
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -73,6 +74,10 @@ from efficientformer_timm.efficientformer import Attention, WindowAveragePooling
 from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.fuse import fuse_batchnorm
 from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES
+
+# The torch profiler (CPU peak memory, --profile) logs every start and stop, and on a machine without a GPU an
+# error about counting GPUs, on stderr between the table's rows: silent unless KINETO_LOG_LEVEL says otherwise.
+os.environ.setdefault('KINETO_LOG_LEVEL', '6')
 
 DEFAULT_MODELS = list(MODEL_NAMES)
 
