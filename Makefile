@@ -8,12 +8,21 @@ PYTHON := $(VENV)/bin/python
 PYTHON_LATEST := $(VENV_LATEST)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_LATEST := $(VENV_LATEST)/.installed
-# the tests that need no OpenMMLab stack: models, checkpoints, export, timm drop-in, and the transformers 5 classes
-# (checked against transformers 4.40.2, which runs in the verified stack's interpreter)
+# what can differ on the newest stack: the models, checkpoints, export, timm drop-in, the docs' snippets, packaging,
+# and the transformers 5 classes (checked against transformers 4.40.2, which runs in the verified stack's
+# interpreter); not the OpenMMLab adapter, whose mmcv build needs torch 2.13
 CORE_TESTS := -m "not mm" tests/test_models.py tests/test_checkpoint.py tests/test_fusion_export.py \
-	tests/test_inputs.py tests/test_timm_compat.py tests/test_hf.py tests/test_packaging.py
+	tests/test_inputs.py tests/test_timm_compat.py tests/test_hf.py tests/test_packaging.py tests/test_docs.py
+# the inner loop while changing the models: architecture, checkpoints, timm's API (a few minutes)
+QUICK_TESTS := -m "not mm and not slow" tests/test_models.py tests/test_checkpoint.py tests/test_timm_compat.py \
+	tests/test_inputs.py
+# one pytest-xdist worker per core, each computing on one thread (tests/conftest.py; OMP_NUM_THREADS reaches the
+# processes tests start)
+JOBS ?= $(shell nproc)
+PARALLEL := OMP_NUM_THREADS=1
+XDIST := -n $(JOBS) --dist loadgroup
 
-.PHONY: install demo test test-verified test-latest benchmark clean
+.PHONY: install demo test test-verified test-latest test-quick benchmark clean
 
 install: $(STAMP)
 
@@ -31,12 +40,16 @@ demo: $(STAMP)
 test: test-verified test-latest
 
 test-verified: $(STAMP)
-	$(PYTHON) -m pytest -q
-	$(PYTHON) tools/run_timm_tests.py
+	$(PARALLEL) $(PYTHON) -m pytest -q $(XDIST) --durations=25
+	$(PARALLEL) $(PYTHON) tools/run_timm_tests.py $(XDIST)
 
 test-latest: $(STAMP_LATEST) $(STAMP)
-	EFT_REFERENCE_PYTHON=$(abspath $(PYTHON)) $(PYTHON_LATEST) -m pytest -q $(CORE_TESTS)
-	$(PYTHON_LATEST) tools/run_timm_tests.py
+	$(PARALLEL) EFT_REFERENCE_PYTHON=$(abspath $(PYTHON)) $(PYTHON_LATEST) -m pytest -q $(XDIST) --durations=25 \
+		$(CORE_TESTS)
+	$(PARALLEL) $(PYTHON_LATEST) tools/run_timm_tests.py $(XDIST)
+
+test-quick: $(STAMP)
+	$(PARALLEL) $(PYTHON) -m pytest -q $(XDIST) $(QUICK_TESTS)
 
 benchmark: $(STAMP)
 	$(PYTHON) tools/benchmark.py

@@ -22,8 +22,8 @@ __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'attention_logits
 
 # From this many query x key pairs on, V1's attention on CUDA goes through scaled_dot_product_attention and its
 # fused kernels. CPU's only fused SDPA kernel needs equal q / k / v head sizes (V1's are 32 / 32 / 128), so there
-# SDPA runs its math path, which makes more passes over the (N, N) maps than the explicit form
-# (``tools/benchmark.py --variants scaled_dot_product_attention``): CPU always uses the explicit form.
+# SDPA runs its math path, which makes more passes over the (N, N) maps than the explicit form: CPU always uses the
+# explicit form.
 SDPA_MIN_PAIRS = 256 * 256
 
 

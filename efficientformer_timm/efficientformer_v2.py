@@ -166,7 +166,7 @@ class Attention2dDownsample(MapAttention):
         h, w = v_local.shape[-2:]
 
         # explicit attention: here (q and v head sizes 16 / 64, Nq != Nk) scaled_dot_product_attention takes
-        # its slower math path on CPU (measured 1.06x the time at 800x1333)
+        # its slower math path on CPU
         attn = ((q * self.scale) @ k).add_(self.attention_bias((H, W), q.dtype))
         attn = attn.softmax(dim=-1)
         x = heads_to_map(attn @ v, h, w, like=v_local) + v_local

@@ -1,6 +1,6 @@
 """efficientformer_timm.hf on transformers 5, against transformers 4.40.2 itself.
 
-4.40.2 cannot be imported next to transformers 5: ``tools/transformers_reference.py`` runs under the interpreter
+4.40.2 cannot be imported next to transformers 5: ``tests/transformers_reference.py`` runs under the interpreter
 that has it (``EFT_REFERENCE_PYTHON``, by default the verified stack's ``.venv``), writes folders saved by 4.40.2
 with its outputs and preprocessing, and loads folders saved here back in 4.40.2.
 """
@@ -22,10 +22,11 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelFo
 import efficientformer_timm.hf as hf
 from efficientformer_timm.transformers_compat import create_model_from_transformers, model_args_from_transformers_config
 
-pytestmark = pytest.mark.hf
+# one pytest-xdist worker runs them all: the 4.40.2 reference folders are made once
+pytestmark = [pytest.mark.hf, pytest.mark.xdist_group('transformers_reference')]
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-TOOL = os.path.join(ROOT, 'tools', 'transformers_reference.py')
+REFERENCE_SCRIPT = os.path.join(ROOT, 'tests', 'transformers_reference.py')
 CASES = ['l1_teacher_safetensors', 'l1_teacher_bin', 'l3_teacher_safetensors', 'l1_classifier_bin',
          'l3_classifier_safetensors']
 EXACT = dict(rtol=0, atol=1e-5)
@@ -40,7 +41,7 @@ def _reference_python() -> str:
 
 
 def _run_reference(command: str, folder) -> str:
-    done = subprocess.run([_reference_python(), TOOL, command, str(folder)], capture_output=True, text=True)
+    done = subprocess.run([_reference_python(), REFERENCE_SCRIPT, command, str(folder)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -303,10 +304,11 @@ def test_new_head_for_fine_tuning_is_allowed(reference):
     assert new_head and all(k.startswith('classifier.') for k in new_head)
 
 
-def test_readme_examples_run_as_written(reference, capsys):
-    """The README's transformers examples, with the hub id and the picture pointed at local files."""
-    readme = open(os.path.join(ROOT, 'README.md')).read()
-    section = readme.split("### transformers' EfficientFormer classes, on transformers 5")[1].split('\n### ')[0]
+def test_docs_examples_run_as_written(reference, capsys):
+    """The transformers documentation's examples (docs/transformers.md), with the hub id and the picture pointed at
+    local files."""
+    page = open(os.path.join(ROOT, 'docs', 'transformers.md')).read()
+    section = page.split("## transformers' EfficientFormer classes, on transformers 5")[1].split('\n## ')[0]
     blocks = re.findall(r'```python\n(.*?)```', section, re.S)
     assert len(blocks) == 3
     folder, photo = reference / 'l1_teacher_safetensors', reference / 'photos' / 'grace_hopper.png'

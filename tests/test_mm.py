@@ -1,6 +1,5 @@
 """The OpenMMLab backbone and configs (build, forward/backward, freezing, init_cfg loading)."""
 import glob
-import itertools
 import math
 import os
 import re
@@ -19,7 +18,7 @@ from mmengine.structures import PixelData
 
 from efficientformer_timm import CheckpointError
 from efficientformer_timm._bias import GridAttentionBias, resize_offset_table
-from efficientformer_timm.checkpoint import timm_to_original
+from efficientformer_timm.checkpoint import convert_file, timm_to_original
 from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.mm import EfficientFormerBackbone
 from efficientformer_timm.variants import V1_MODEL_NAMES
@@ -28,7 +27,6 @@ from helpers import randomize_
 pytestmark = pytest.mark.mm
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', '*.py')))
 
 
@@ -59,6 +57,7 @@ def test_every_model_has_both_configs():
         assert f'maskrcnn_{tag}.py' in names and f'semfpn_{tag}_ade20k.py' in names
 
 
+@pytest.mark.xdist_group('pretrained_env')  # the checkpoints are written once, on one worker
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_parses_builds_and_loads_pretrained(path, pretrained_env):
     cfg = Config.fromfile(path)
@@ -525,16 +524,17 @@ def test_runner_keeps_freed_cpu_memory_unless_switched_off(tmp_path, monkeypatch
 
 def _authors_offset_index(side, query_side=None):
     """Their index, built as their downstream attentions build it: offsets numbered in order of first appearance
-    over all (query, key) point pairs; queries on every second point for the downsampling attention."""
-    points = list(itertools.product(range(side), range(side)))
-    queries = list(itertools.product(range(query_side), range(query_side))) if query_side else points
+    over all (query, key) point pairs, row-major; queries on every second point for the downsampling attention."""
     step = math.ceil(side / query_side) if query_side else 1
-    offsets, idxs = {}, []
-    for p1 in queries:
-        for p2 in points:
-            offset = (abs(p1[0] * step - p2[0]), abs(p1[1] * step - p2[1]))
-            idxs.append(offsets.setdefault(offset, len(offsets)))
-    return torch.tensor(idxs).view(len(queries), len(points))
+    keys = torch.cartesian_prod(torch.arange(side), torch.arange(side))
+    queries = torch.cartesian_prod(torch.arange(query_side or side), torch.arange(query_side or side)) * step
+    offsets = (queries[:, None] - keys[None]).abs()  # (queries, keys, (dy, dx))
+    codes = (offsets[..., 0] * 2 * side + offsets[..., 1]).flatten()
+    unique, inverse = torch.unique(codes, return_inverse=True)
+    first_seen = torch.full((len(unique),), len(codes)).scatter_reduce(0, inverse, torch.arange(len(codes)), 'amin')
+    number = torch.empty_like(first_seen)
+    number[torch.argsort(first_seen)] = torch.arange(len(unique))
+    return number[inverse].view(len(queries), len(keys))
 
 
 def _authors_bias(table, side, grid, downsample):
@@ -648,33 +648,34 @@ def test_every_model_has_both_released_configs():
 @pytest.mark.slow
 @pytest.mark.parametrize('config', RELEASED)
 def test_authors_checkpoint_converts_to_the_released_config(config, tmp_path):
-    import convert_checkpoint
     source = _released_model(config, random_weights=True)
     src = str(tmp_path / 'authors.pth')
     torch.save({'meta': {'mmdet_version': '2.19.0'}, 'state_dict': _authors_checkpoint(source)}, src)
-    assert convert_checkpoint.main([src, str(tmp_path / 'converted.pth')]) == 0
+    assert convert_file(src, str(tmp_path / 'converted.pth')) == os.path.join('mm_configs', 'released', config)
     converted = _released_model(config)
     load_checkpoint(converted, str(tmp_path / 'converted.pth'), strict=True)
-    for size in [(800, 1216), (333, 517)]:
+    # the input size their bias grid was made for (800 for COCO, 512 for ADE20K), and an odd one
+    resolution = 800 if config.startswith('maskrcnn') else 512
+    for size in [(resolution, resolution), (333, 517)]:
         for ours, theirs in zip(_outputs(converted, size), _outputs(source, size)):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
-def test_released_checkpoint_errors(tmp_path, capsys):
-    import convert_checkpoint
+def test_released_checkpoint_errors(tmp_path):
     authors = _authors_checkpoint(_released_model('maskrcnn_l1_coco.py', random_weights=True))
     src = str(tmp_path / 'authors.pth')
+    out = str(tmp_path / 'out.pth')
     torch.save({'state_dict': authors}, src)
-    assert convert_checkpoint.main([src, str(tmp_path / 'out.pth'), '--model', 'efficientformer_l3']) == 1
-    assert re.search(r'error: backbone: .*tensors do not match the model.* looks like efficientformer_l1',
-                     capsys.readouterr().err)
+    with pytest.raises(CheckpointError, match=r'backbone: .*tensors do not match the model.* looks like '
+                                              r'efficientformer_l1'):
+        convert_file(src, out, 'efficientformer_l3')
     truncated = {k: v for k, v in authors.items() if not k.startswith('roi_head.mask_head.')}
     torch.save({'state_dict': truncated}, src)
-    assert convert_checkpoint.main([src, str(tmp_path / 'out.pth')]) == 1
-    assert re.search(r'missing from the checkpoint \(truncated\?\): \[.roi_head\.mask_head\.', capsys.readouterr().err)
+    with pytest.raises(CheckpointError, match=r'missing from the checkpoint \(truncated\?\): \[.roi_head\.mask_head\.'):
+        convert_file(src, out)
     no_seg = {k.replace('attention_biases_seg', 'x').replace('attention_bias_idxs_seg', 'y'): v
               for k, v in authors.items()}
     torch.save({'state_dict': no_seg}, src)
-    assert convert_checkpoint.main([src, str(tmp_path / 'out.pth')]) == 1
-    assert 'no attention_biases_seg tables' in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match='no attention_biases_seg tables'):
+        convert_file(src, out)
     assert sorted(os.listdir(tmp_path)) == ['authors.pth']

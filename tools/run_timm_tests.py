@@ -8,6 +8,7 @@ models, as a timm user's program would. Tests that need the network are deselect
 
     python tools/run_timm_tests.py [extra pytest arguments]
 """
+import argparse
 import importlib.metadata
 import os
 import subprocess
@@ -29,7 +30,9 @@ def timm_source_dir() -> str:
     return path
 
 
-def main(extra_args) -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    extra_args = parser.parse_known_args(argv)[1]  # the rest goes to pytest
     source = timm_source_dir()
     for test, reason in NEEDS_NETWORK.items():
         print(f'deselected {test}: {reason}')
@@ -41,4 +44,4 @@ def main(extra_args) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -6,10 +6,11 @@ from .formats import (
     detect_format, infer_model_name, original_to_timm, timm_to_original, timm_to_transformers, to_timm_keys,
     transformers_to_timm)
 from .report import CheckpointError, LoadReport
+from .write import convert_file, save_tensors
 
 __all__ = [
     'CheckpointError', 'LoadReport', 'detect_format', 'original_to_timm', 'timm_to_original',
     'transformers_to_timm', 'timm_to_transformers', 'to_timm_keys', 'infer_model_name', 'convert_with_report',
     'convert_state_dict', 'load_checkpoint', 'read_file', 'unwrap_state_dict', 'read_checkpoint',
-    'transformers_weights_file', 'atomic_output',
+    'transformers_weights_file', 'atomic_output', 'convert_file', 'save_tensors',
 ]

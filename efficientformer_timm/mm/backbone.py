@@ -100,8 +100,8 @@ class EfficientFormerBackbone(BaseModule):
             ADE20K) uses the authors' dense-prediction scheme instead: one bias table for the token grid of that
             input, the whole bias matrix resized bicubically to the real grid at every forward. Their trained
             detectors and segmenters need it (``mm_configs/released``); ImageNet tables are resized to that grid.
-        channels_last: run the network in channels_last memory format (weights and input): on CPU faster for
-            training and inference (``tools/benchmark.py``).
+        channels_last: run the network in channels_last memory format (weights and input): on CPU the convolution
+            kernels' native layout, for training and inference.
             The outputs are returned in the standard contiguous layout, which necks and heads with compiled ops
             (mmcv's RoIAlign reads raw NCHW memory) expect; their gradients go back into the network in
             channels_last.

@@ -1,9 +1,10 @@
 """Reference values from transformers 4.40.2, the last release with EfficientFormer (run it where 4.40.2 is
 installed: the verified stack's .venv). transformers 5 cannot share that environment, so the tests of
-``efficientformer_timm.hf`` call this script in a subprocess.
+``efficientformer_timm.hf`` call this script in a subprocess (its folder, tests/, is then first on the import
+path, which is where ``helpers`` comes from).
 
-    python tools/transformers_reference.py make DIR    # folders saved by 4.40.2 + its outputs and preprocessing
-    python tools/transformers_reference.py check DIR   # load folders saved elsewhere in 4.40.2, compare outputs
+    python tests/transformers_reference.py make DIR    # folders saved by 4.40.2 + its outputs and preprocessing
+    python tests/transformers_reference.py check DIR   # load folders saved elsewhere in 4.40.2, compare outputs
 
 ``make`` writes one folder per case in CASES (random weights with every tensor perturbed: layer scales, attention
 biases, BatchNorm statistics), each with ``reference.pt`` (the input and 4.40.2's outputs), plus ``photos/`` (real
@@ -24,8 +25,7 @@ from transformers import (EfficientFormerConfig, EfficientFormerForImageClassifi
                           EfficientFormerForImageClassificationWithTeacher, EfficientFormerImageProcessor,
                           EfficientFormerModel)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-from helpers import randomize_  # noqa: E402  (one perturbation for every parity test)
+from helpers import randomize_  # one perturbation for every parity test
 
 CLASSES = {cls.__name__: cls for cls in (
     EfficientFormerModel, EfficientFormerForImageClassification, EfficientFormerForImageClassificationWithTeacher)}

@@ -1,0 +1,42 @@
+"""Every command-line program in tools/ answers --help, and none edits the import path: what a test or a tool
+needs lives in the package (or, for the tests, in tests/)."""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+TOOLS = sorted(glob.glob(os.path.join(ROOT, 'tools', '*.py')))
+
+
+def test_every_tool_is_listed():
+    assert [os.path.basename(t) for t in TOOLS] == [
+        'benchmark.py', 'convert_checkpoint.py', 'demo.py', 'export_onnx.py', 'make_synthetic_data.py',
+        'model_table.py', 'render_docs.py', 'run_timm_tests.py']
+
+
+@pytest.fixture(scope='session')
+def help_pages():
+    """Each tool's --help, all run at once (each process imports torch)."""
+    runs = {tool: subprocess.Popen([sys.executable, tool, '--help'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, cwd=ROOT) for tool in TOOLS}
+    return {tool: (run.wait(timeout=300), *run.communicate()) for tool, run in runs.items()}
+
+
+@pytest.mark.xdist_group('help_pages')  # the help pages are made once, on one worker
+@pytest.mark.parametrize('tool', TOOLS, ids=os.path.basename)
+def test_tool_answers_help(tool, help_pages):
+    returncode, stdout, stderr = help_pages[tool]
+    assert returncode == 0, stderr[-3000:]
+    assert stdout.startswith(f'usage: {os.path.basename(tool)} ')
+
+
+def test_no_tool_or_test_edits_the_import_path():
+    sources = TOOLS + sorted(glob.glob(os.path.join(ROOT, 'tests', '*.py')))
+    offenders = [os.path.relpath(path, ROOT) for path in sources
+                 if path != os.path.abspath(__file__) and re.search(r'sys\.path\.(insert|append)|sys\.path\s*\+?=',
+                                                                    open(path).read())]
+    assert offenders == []
