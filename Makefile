@@ -20,7 +20,7 @@ QUICK_TESTS := -m "not mm and not slow" tests/test_models.py tests/test_checkpoi
 # processes tests start)
 JOBS ?= $(shell nproc)
 PARALLEL := OMP_NUM_THREADS=1
-XDIST := -n $(JOBS) --dist loadgroup
+XDIST := -n $(JOBS) --dist worksteal
 
 .PHONY: install demo test test-verified test-latest test-quick benchmark clean
 

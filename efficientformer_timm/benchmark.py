@@ -442,20 +442,11 @@ def run_inference(models, sizes, batches, device, machine, autocast_dtype=None, 
                           f'({share:.2g} of the tolerance)', flush=True)
             for batch in batches:
                 x = torch.randn(batch, 3, *size, device=device)
-                medians, faults = measure(infer, variants, x, device, autocast_dtype, repeats, warmup)
-                flops = count_network_flops(infer, variants['ours'], x)
                 if profile_steps:
                     for key in ('ours', 'ours_fused_channels_last') & variants.keys():
                         print_profile(variants[key], x, autocast_dtype,
                                       f'{name} {size[0]}x{size[1]} batch {batch} {key}')
-                for key in variants:
-                    row = make_row('inference', name, key, x, medians, faults, flops, machine,
-                                   peak_memory_mb(infer, variants[key], x, device, autocast_dtype))
-                    rows.append(row)
-                    achieved = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
-                    print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
-                          f"{row['ratio_to_ours']:.2f} | {achieved} | {row['peak_mb']:.0f} | {faults[key]:.0f} |",
-                          flush=True)
+                rows += _time_case('inference', infer, name, variants, x, machine, autocast_dtype, repeats, warmup)
     return rows
 
 
@@ -475,20 +466,30 @@ def run_train(models, cases, device, machine, autocast_dtype=None, names=None, r
                 seconds = time_once(train_step, variants['mm_backbone_compiled'], x, device, autocast_dtype)
                 print(f'# {name} {size[0]}x{size[1]} batch {batch} mm_backbone_compiled: first step (compiling) '
                       f'{seconds:.1f} s', flush=True)
-            medians, faults = measure(train_step, variants, x, device, autocast_dtype, repeats, warmup)
-            flops = count_network_flops(train_step, variants['ours'], x)
             if profile_steps:
                 for key in ('mm_backbone', 'authors_backbone') & variants.keys():
                     print_train_breakdown(variants[key], x, autocast_dtype,
                                           f'training step {name} {size[0]}x{size[1]} batch {batch} {key}')
-            for key in variants:
-                row = make_row('train', name, key, x, medians, faults, flops, machine,
-                               peak_memory_mb(train_step, variants[key], x, device, autocast_dtype))
-                rows.append(row)
-                rate = (f"{row['achieved_gflops_per_s']:.1f} ({row['fraction_of_matmul']:.2f})" if 'gflops' in row
-                        else '')
-                print(f"| {name} | {row['size']} | {batch} | {key} | {row['median_ms']:.1f} | "
-                      f"{row['ratio_to_ours']:.2f} | {rate} | {row['peak_mb']:.0f} | {faults[key]:.0f} |", flush=True)
+            rows += _time_case('train', train_step, name, variants, x, machine, autocast_dtype, repeats, warmup)
+    return rows
+
+
+def _time_case(mode, step, name, variants, x, machine, autocast_dtype, repeats, warmup):
+    """Time every variant's ``step`` on ``x``, interleaved, and print a table row each; returns the rows. The rate
+    column: ours' GFLOP/s for inference, every variant's with its share of the matmul rate for training."""
+    medians, faults = measure(step, variants, x, x.device, autocast_dtype, repeats, warmup)
+    flops = count_network_flops(step, variants['ours'], x)
+    rows = []
+    for key in variants:
+        row = make_row(mode, name, key, x, medians, faults, flops, machine,
+                       peak_memory_mb(step, variants[key], x, x.device, autocast_dtype))
+        rows.append(row)
+        if mode == 'train':
+            rate = f"{row['achieved_gflops_per_s']:.1f} ({row['fraction_of_matmul']:.2f})" if 'gflops' in row else ''
+        else:
+            rate = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
+        print(f"| {name} | {row['size']} | {row['batch']} | {key} | {row['median_ms']:.1f} | "
+              f"{row['ratio_to_ours']:.2f} | {rate} | {row['peak_mb']:.0f} | {faults[key]:.0f} |", flush=True)
     return rows
 
 

@@ -1,5 +1,9 @@
-"""Shared test helpers: the model names and random weights that exercise every tensor."""
+"""Shared test helpers: the model names, random weights that exercise every tensor, and files made once per run."""
+import os
+import pathlib
+
 import torch
+from filelock import FileLock
 
 from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES, V2_MODEL_NAMES
 
@@ -25,3 +29,19 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         else:
             tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
     return model
+
+
+def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
+    """The path ``name`` in a folder all pytest-xdist workers of this run share, made by ``make(path)`` in the first
+    worker that asks while the others wait for it (a file lock): work that several tests on any worker need is done
+    once per run."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        root = root.parent  # the run's folder, above each worker's own
+    path = root / name
+    with FileLock(str(path) + '.lock'):
+        if not path.exists():
+            partial = root / f'partial_{name}'  # a failed make leaves no path that looks made
+            make(partial)
+            os.replace(partial, path)
+    return path

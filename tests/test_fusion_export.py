@@ -16,7 +16,7 @@ from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm import fuse
 from efficientformer_timm.export import check_onnx, export_onnx, outputs_match
 from efficientformer_timm.fuse import FoldedMetaBlock2d, FoldedV2Block, fuse_batchnorm, timm_state_dict
-from helpers import randomize_
+from helpers import made_once, randomize_
 
 EXPORT_ONNX = os.path.join(os.path.dirname(__file__), '..', 'tools', 'export_onnx.py')
 
@@ -166,18 +166,15 @@ def test_onnx_export_tool_writes_a_checked_file_or_nothing(tmp_path):
 
 @pytest.fixture(scope='session')
 def v2_onnx(tmp_path_factory):
-    """V2-S0's features with large activations in its last two stages (up to about 1e7), exported once: the
-    dynamic-size graph the ONNX tests share."""
+    """V2-S0's features with large activations in its last two stages (up to about 1e7), exported once per run:
+    the dynamic-size graph the ONNX tests share."""
     model = randomize_(timm.create_model('efficientformerv2_s0', features_only=True)).eval()
     with torch.no_grad():
         model.stages_2.blocks[-1].ls2.gamma.mul_(1e6)
         model.stages_3.blocks[-1].ls2.gamma.mul_(1e6)
-    path = str(tmp_path_factory.mktemp('onnx') / 'v2_s0.onnx')
-    export_onnx(model, path)
-    return model, path
+    return model, str(made_once(tmp_path_factory, 'v2_s0.onnx', lambda path: export_onnx(model, str(path))))
 
 
-@pytest.mark.xdist_group('v2_onnx')  # the export is made once, on one worker
 def test_onnx_export_runs_any_size_in_onnxruntime(v2_onnx):
     import onnxruntime
     model, path = v2_onnx
@@ -196,7 +193,6 @@ def test_onnx_export_runs_any_size_in_onnxruntime(v2_onnx):
         assert outputs_match(got, expected, rtol=1e-5, atol=1e-4)[1] <= 1
 
 
-@pytest.mark.xdist_group('v2_onnx')
 def test_onnx_check_is_relative_to_each_output_scale(v2_onnx):
     """Large activations differ from PyTorch by more than any fixed absolute tolerance in fp32, yet the graph is
     right: the check accepts it. The same file checked against other weights is refused."""

@@ -21,9 +21,9 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelFo
 
 import efficientformer_timm.hf as hf
 from efficientformer_timm.transformers_compat import create_model_from_transformers, model_args_from_transformers_config
+from helpers import made_once
 
-# one pytest-xdist worker runs them all: the 4.40.2 reference folders are made once
-pytestmark = [pytest.mark.hf, pytest.mark.xdist_group('transformers_reference')]
+pytestmark = pytest.mark.hf
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 REFERENCE_SCRIPT = os.path.join(ROOT, 'tests', 'transformers_reference.py')
@@ -48,9 +48,7 @@ def _run_reference(command: str, folder) -> str:
 
 @pytest.fixture(scope='session')
 def reference(tmp_path_factory):
-    root = tmp_path_factory.mktemp('transformers_4.40.2')
-    _run_reference('make', root)
-    return root
+    return made_once(tmp_path_factory, 'transformers_4.40.2', lambda path: _run_reference('make', path))
 
 
 def _assert_outputs_equal(out, expected: dict):

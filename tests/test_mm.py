@@ -57,7 +57,6 @@ def test_every_model_has_both_configs():
         assert f'maskrcnn_{tag}.py' in names and f'semfpn_{tag}_ade20k.py' in names
 
 
-@pytest.mark.xdist_group('pretrained_env')  # the checkpoints are written once, on one worker
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_parses_builds_and_loads_pretrained(path, pretrained_env):
     cfg = Config.fromfile(path)

@@ -21,7 +21,13 @@ import dataclasses
 import os
 import sys
 
+from mmengine.config import Config
+from mmengine.runner import save_checkpoint
+from mmengine.runner.checkpoint import weights_to_cpu
+
+from ..synthetic import make_ade20k, make_coco
 from .released import REPOSITORY as ROOT
+from .runner import EfficientFormerRunner
 
 # the fraction of the way from the untrained model's score to a perfect score that the trained model must cover
 LEARNED_GAP = 0.75
@@ -61,7 +67,6 @@ def gap_closed(before: float, after: float, perfect: float) -> float:
 
 def _config(task: Task, data: str, work_dir: str, **options):
     os.environ[task.data_env] = data  # the toy config reads its data root when parsed
-    from mmengine.config import Config
     cfg = Config.fromfile(os.path.join(ROOT, task.config))
     cfg.work_dir = work_dir
     cfg.merge_from_dict(options)
@@ -69,7 +74,6 @@ def _config(task: Task, data: str, work_dir: str, **options):
 
 
 def _runner(cfg, experiment_name):
-    from efficientformer_timm.mm import EfficientFormerRunner  # also registers the backbone
     # one logger and one visualizer per runner in this process (mmengine keeps both by name, the visualizer under
     # the config's name)
     cfg.experiment_name = cfg.visualizer.name = experiment_name
@@ -78,8 +82,6 @@ def _runner(cfg, experiment_name):
 
 def save_initial_checkpoint(task: Task, data: str, work_dir: str) -> str:
     """The model as `mim train` initialises it (same config, same seed), saved so that training starts from it."""
-    from mmengine.runner import save_checkpoint
-    from mmengine.runner.checkpoint import weights_to_cpu
     runner = _runner(_config(task, data, work_dir), f'{task.name}_initial')
     runner.model.init_weights()
     path = os.path.join(work_dir, 'initial.pth')
@@ -167,7 +169,6 @@ def run_task(task: Task, out: str, iters: int | None = None, n_train: int = 64, 
              size: int = 256) -> dict:
     """Data, untrained evaluation, training, trained evaluation and pictures for one task; returns the scores and
     the pictures' paths."""
-    from ..synthetic import make_ade20k, make_coco
     data = os.path.join(out, f'toy_{task.data_kind}') + '/'
     (make_coco if task.data_kind == 'coco' else make_ade20k)(data, n_train=n_train, n_val=n_val, size=size)
     work_dir = os.path.join(out, task.name)
