@@ -15,13 +15,9 @@ import sys
 
 from efficientformer_timm import CheckpointError
 from efficientformer_timm._validate import MIN_INPUT_SIZE
+from efficientformer_timm.benchmark import parse_size
 from efficientformer_timm.checkpoint import atomic_output
 from efficientformer_timm.export import build_features_model, check_onnx, export_onnx
-
-
-def parse_size(text):
-    h, _, w = text.partition('x')
-    return int(h), int(w or h)
 
 
 def main(argv=None):
