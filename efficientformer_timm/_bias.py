@@ -136,6 +136,14 @@ class GridAttentionBias(nn.Module):
         self.fixed_grid_bias = True
         self.attention_bias_cache = {}
 
+    def set_query_stride(self, query_stride: int) -> None:
+        """Queries on every ``query_stride``-th key position (V2's attention downsample; 1 when ``output_stride``
+        turns its downsampling off). The table is unchanged; the index buffer (not saved for V2) follows."""
+        self.query_stride = query_stride
+        self.attention_bias_idxs = relative_offset_index(
+            self.table_size, query_stride, device=self.attention_biases.device)
+        self.attention_bias_cache = {}
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.attention_bias_cache = {}

@@ -89,6 +89,32 @@ def build_efficientformer(
     return fuse_batchnorm(model) if fuse_bn else model
 
 
+def _set_conv_geometry(conv: nn.Conv2d, stride: int, dilation: int) -> None:
+    conv.stride = (stride, stride)
+    conv.dilation = (dilation, dilation)
+    conv.padding = tuple(dilation * (k - 1) // 2 for k in conv.kernel_size)
+
+
+def dilate_stage(stage: nn.Module, first_dilation: int, dilation: int) -> None:
+    """Turn a stage's downsampling off and dilate its spatial operations, as timm's dilated networks do for an
+    ``output_stride`` below 32: the downsample's strided convolutions (and V2's strided attention queries) run at
+    stride 1 with ``first_dilation``; every larger-than-1x1 convolution of the blocks, and modules with a
+    ``set_dilation`` method (V1's pooling mixer), dilate by ``dilation``. V2's stride-2 attention keeps its stride
+    (it attends on a copy of half the size and upsamples back). Weights are unchanged."""
+    for module in stage.downsample.modules():
+        if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
+            _set_conv_geometry(module, 1, first_dilation)
+        elif isinstance(module, nn.AvgPool2d):  # V2's query pooling (a 1x1 window): stride 1 makes it the identity
+            module.stride = 1
+        elif isinstance(module, GridAttentionBias):
+            module.set_query_stride(1)
+    for module in stage.blocks.modules():
+        if isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1:
+            _set_conv_geometry(module, module.stride[0], dilation)
+        elif hasattr(module, 'set_dilation'):
+            module.set_dilation(dilation)
+
+
 class EfficientFormerBase(nn.Module):
     """Subclasses build ``stem``, ``stages``, ``norm``, ``feature_info`` and call ``_init_heads``; they set
     ``pool_dims``, the dimensions the head averages over (tokens for V1, H and W for V2), and
@@ -96,22 +122,39 @@ class EfficientFormerBase(nn.Module):
     pool_dims = ()
     head_needs_last_stage = False
 
-    def _init_model(self, in_chans: int, num_classes: int, global_pool: str, num_stages: int):
+    def _init_model(self, in_chans: int, num_classes: int, global_pool: str, num_stages: int,
+                    dynamic_img_size: bool = True):
         if global_pool not in ('', 'avg'):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        # timm's ViT flag, which smp and others pass to timm transformers: these models take any size anyway
+        if dynamic_img_size is not True:
+            raise ValueError(f'dynamic_img_size={dynamic_img_size!r}: EfficientFormer here takes every input size '
+                             '(the attention bias follows the token grid); pass True or leave it out')
+        self.dynamic_img_size = True
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_stages = num_stages
 
     def _init_features(self, embed_dims: Tuple[int, ...], downsamples: Tuple[bool, ...],
-                       feature_norm_layer: Optional[Callable]):
+                       feature_norm_layer: Optional[Callable], output_stride: int = 32):
         """``feature_info`` (strides from the stride-4 stem and the downsampling stages) and, with a
-        ``feature_norm_layer``, the per-output norms that ``forward_intermediates`` applies."""
+        ``feature_norm_layer``, the per-output norms that ``forward_intermediates`` applies. With ``output_stride``
+        8 or 16, the stages past that stride keep the resolution and dilate instead (``dilate_stage``)."""
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride!r}')
+        self.output_stride = output_stride
         self.feature_info = []
-        reduction = 4
+        reduction, dilation = 4, 1
         for i, dim in enumerate(embed_dims):
-            reduction *= 2 if downsamples[i] else 1
+            first_dilation = dilation
+            if downsamples[i] and reduction * 2 > output_stride:
+                dilation *= 2
+                dilate_stage(self.stages[i], first_dilation, dilation)
+            elif downsamples[i]:
+                reduction *= 2
+            elif dilation > 1:
+                dilate_stage(self.stages[i], dilation, dilation)
             module = f'feature_norms.{i}' if feature_norm_layer else f'stages.{i}'
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=module))
         self.feature_norms = nn.ModuleList(

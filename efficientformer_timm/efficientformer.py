@@ -72,12 +72,19 @@ class WindowAveragePooling(Pooling):
     def __init__(self, pool_size: int = 3):
         super().__init__(pool_size)
         self.pool_size = pool_size
+        self.dilation = 1
+
+    def set_dilation(self, dilation: int) -> None:
+        """A window of ``pool_size`` pixels ``dilation`` apart (``output_stride`` below 32)."""
+        self.dilation = dilation
 
     def average(self, x: torch.Tensor) -> torch.Tensor:
-        size, padding = self.pool_size, self.pool_size // 2
+        size, dilation = self.pool_size, self.dilation
+        padding = dilation * (size // 2)
         window = x.new_ones((x.shape[1], 1, size, size))
-        covered = F.conv2d(x.new_ones((1, 1, x.shape[2], x.shape[3])), window[:1], padding=padding)
-        return F.conv2d(x, window, padding=padding, groups=x.shape[1]) / covered
+        covered = F.conv2d(x.new_ones((1, 1, x.shape[2], x.shape[3])), window[:1], padding=padding,
+                           dilation=dilation)
+        return F.conv2d(x, window, padding=padding, dilation=dilation, groups=x.shape[1]) / covered
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.average(x) - x
@@ -220,12 +227,14 @@ class EfficientFormer(EfficientFormerBase):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,  # accepted from the builder, any size runs
+            output_stride: int = 32,
+            dynamic_img_size: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self._init_model(in_chans, num_classes, global_pool, len(depths))
+        self._init_model(in_chans, num_classes, global_pool, len(depths), dynamic_img_size)
         norm_layer_cl = partial(nn.LayerNorm, eps=layer_norm_eps)
         attn_kwargs = dict(key_dim=attn_key_dim, num_heads=attn_num_heads, attn_ratio=attn_ratio,
                            resolution=attn_resolution)
@@ -244,7 +253,8 @@ class EfficientFormer(EfficientFormerBase):
                 attn_kwargs=attn_kwargs, **dd))
             prev_dim = embed_dims[i]
         self.stages = nn.Sequential(*stages)
-        self._init_features(embed_dims, downsamples, partial(nn.GroupNorm, 1, **dd) if feature_norm else None)
+        self._init_features(
+            embed_dims, downsamples, partial(nn.GroupNorm, 1, **dd) if feature_norm else None, output_stride)
 
         self.norm = norm_layer_cl(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)

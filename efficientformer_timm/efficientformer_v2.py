@@ -287,12 +287,14 @@ class EfficientFormerV2(EfficientFormerBase):
             num_vit: int = 0,
             distillation: bool = True,
             feature_norm: bool = False,
+            output_stride: int = 32,
+            dynamic_img_size: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self._init_model(in_chans, num_classes, global_pool, len(depths))
+        self._init_model(in_chans, num_classes, global_pool, len(depths), dynamic_img_size)
         # the biases were trained for this grid; other input sizes resize them
         pretrain_size = img_size if isinstance(img_size, int) else img_size[0]
         norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
@@ -314,7 +316,8 @@ class EfficientFormerV2(EfficientFormerBase):
             stride *= 2 if downsamples[i] else 1
             prev_dim = embed_dims[i]
         self.stages = nn.Sequential(*stages)
-        self._init_features(embed_dims, downsamples, partial(norm_layer, **dd) if feature_norm else None)
+        self._init_features(
+            embed_dims, downsamples, partial(norm_layer, **dd) if feature_norm else None, output_stride)
 
         self.norm = norm_layer(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
