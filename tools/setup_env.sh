@@ -38,7 +38,7 @@ verified)
     # openmim's own pins downgrade setuptools: install it without them.
     pip install -q --no-deps openmim==0.3.9
     pip install -q click colorama model-index pandas requests rich tabulate
-    pip install -q -c "$CONSTRAINTS" -e ".[mm,test,reference]"
+    pip install -q -c "$CONSTRAINTS" -e ".[mm,mmpretrain,test,reference]"
     ;;
 latest)
     pip install -q --upgrade torch torchvision timm
