@@ -216,6 +216,7 @@ class EfficientFormer(EfficientFormerBase):
             layer_scale_init_value: float = 1e-5,
             act_layer=nn.GELU,
             norm_layer=nn.BatchNorm2d,
+            norm_eps: float = 1e-5,
             layer_norm_eps: float = 1e-5,
             attn_key_dim: int = 32,
             attn_num_heads: int = 8,
@@ -235,6 +236,7 @@ class EfficientFormer(EfficientFormerBase):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self._init_model(in_chans, num_classes, global_pool, len(depths), dynamic_img_size)
+        norm_layer = partial(norm_layer, eps=norm_eps)
         norm_layer_cl = partial(nn.LayerNorm, eps=layer_norm_eps)
         attn_kwargs = dict(key_dim=attn_key_dim, num_heads=attn_num_heads, attn_ratio=attn_ratio,
                            resolution=attn_resolution)

@@ -20,14 +20,15 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+from transformers import (AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
                           PreTrainedConfig, PreTrainedModel)
+from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
 from transformers import initialization as init
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
-from transformers.modeling_outputs import BaseModelOutput, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
 from transformers.models.auto import image_processing_auto
 from transformers.utils import ModelOutput
 from timm.layers import LayerScale
@@ -37,20 +38,24 @@ from .efficientformer import Attention, EfficientFormer
 from .transformers_compat import model_args_from_transformers_config
 
 __all__ = [
-    'EfficientFormerConfig', 'EfficientFormerImageProcessor', 'EfficientFormerImageProcessorFast',
-    'EfficientFormerPreTrainedModel', 'EfficientFormerModel', 'EfficientFormerForImageClassification',
-    'EfficientFormerForImageClassificationWithTeacher', 'EfficientFormerForImageClassificationWithTeacherOutput',
+    'EfficientFormerConfig', 'EfficientFormerImageProcessor', 'EfficientFormerImageProcessorPil',
+    'EfficientFormerImageProcessorFast', 'EfficientFormerPreTrainedModel', 'EfficientFormerModel',
+    'EfficientFormerForImageClassification', 'EfficientFormerForImageClassificationWithTeacher',
+    'EfficientFormerForImageClassificationWithTeacherOutput', 'EfficientFormerBackbone',
 ]
 
 MODEL_TYPE = 'efficientformer'
 
 
-class EfficientFormerConfig(PreTrainedConfig):
-    """transformers 4.40.2's ``EfficientFormerConfig``: the same arguments and code defaults.
+class EfficientFormerConfig(BackboneConfigMixin, PreTrainedConfig):
+    """transformers 4.40.2's ``EfficientFormerConfig``: the same arguments and code defaults, plus transformers'
+    backbone fields (``out_features`` / ``out_indices`` over ``stage_names`` 'stem', 'stage1' ... 'stage4') for
+    ``EfficientFormerBackbone``.
 
-    ``hidden_size`` (read by the WithTeacher heads, never set by 4.40.2) defaults to ``hidden_sizes[-1]``; the
-    default ``architectures`` is ``EfficientFormerForImageClassification``, the head 4.40.2's Auto class built
-    when a config named none. Options the blocks cannot honour raise ``ValueError`` naming the option.
+    A data holder, as in transformers: it takes every value 4.40.2 took. A model refuses at build time what its
+    blocks cannot run, naming the option. ``hidden_size`` (read by the WithTeacher heads, never set by 4.40.2)
+    defaults to ``hidden_sizes[-1]``; the default ``architectures`` is ``EfficientFormerForImageClassification``,
+    the head 4.40.2's Auto class built when a config named none.
     """
     model_type = MODEL_TYPE
 
@@ -84,9 +89,12 @@ class EfficientFormerConfig(PreTrainedConfig):
             image_size: int = 224,
             batch_norm_eps: float = 1e-05,
             hidden_size: Optional[int] = None,
+            out_features: Optional[List[str]] = None,
+            out_indices: Optional[List[int]] = None,
             **kwargs,
     ):
         kwargs.setdefault('architectures', ['EfficientFormerForImageClassification'])
+        kwargs.pop('stage_names', None)  # derived from depths
         super().__init__(**kwargs)
         self.depths = list(depths)
         self.hidden_sizes = list(hidden_sizes)
@@ -116,11 +124,20 @@ class EfficientFormerConfig(PreTrainedConfig):
         self.image_size = image_size
         self.batch_norm_eps = batch_norm_eps
         self.hidden_size = self.hidden_sizes[-1] if hidden_size is None else hidden_size
-        self.body_kwargs()  # unsupported options fail here, not at the first forward
+        self.stage_names = ['stem'] + [f'stage{i}' for i in range(1, len(self.depths) + 1)]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+
+    def set_output_features_output_indices(self, out_features, out_indices):
+        unknown = [name for name in out_features or [] if name not in self.stage_names]
+        if unknown:
+            raise ValueError(f'out_features {unknown} are not stages of this EfficientFormer: choose from '
+                             f'{self.stage_names}')
+        super().set_output_features_output_indices(out_features, out_indices)
 
     def body_kwargs(self) -> dict:
-        """``EfficientFormer`` keyword arguments of this config (without heads)."""
-        _, kwargs = model_args_from_transformers_config(self.to_dict())
+        """``EfficientFormer`` keyword arguments of this config (without heads); options the blocks cannot honour
+        raise ``ValueError`` naming them."""
+        _, kwargs = model_args_from_transformers_config(dict(self.to_dict(), architectures=['EfficientFormerModel']))
         kwargs.update(num_classes=0, distillation=False)
         return kwargs
 
@@ -150,14 +167,32 @@ class _ProcessorDefaults:
     do_normalize = True
 
 
-class EfficientFormerImageProcessor(_ProcessorDefaults, PilBackend):
+class EfficientFormerImageProcessor(_ProcessorDefaults, TorchvisionBackend):
+    """4.40.2's preprocessing on transformers 5's default backend (torchvision's resize: faster on batches, within
+    about 2e-2 of PIL's pixels). It saves as ``EfficientFormerImageProcessorFast``, so that a folder it wrote
+    reloads as this class."""
+
+    def to_dict(self):
+        return dict(super().to_dict(), image_processor_type=f'{type(self).__name__}Fast')
+
+
+class EfficientFormerImageProcessorPil(_ProcessorDefaults, PilBackend):
     """4.40.2's ``EfficientFormerImageProcessor``: same arguments and defaults, PIL resize (pixel-identical).
-    ``size`` is ``{'height', 'width'}`` or ``{'shortest_edge'}`` (aspect kept), then a center crop."""
+    ``size`` is ``{'height', 'width'}`` or ``{'shortest_edge'}`` (aspect kept), then a center crop. It saves as
+    4.40.2 did (``EfficientFormerImageProcessor``), and ``AutoImageProcessor`` picks it for such folders (4.40.2's
+    and the hub's), so the default keeps 4.40.2's exact pixels."""
+
+    @classmethod
+    def from_dict(cls, image_processor_dict, **kwargs):
+        # AutoImageProcessor resolves every EfficientFormer folder to PIL first (one base name for both
+        # backends): a folder the torchvision class wrote comes back as that class
+        if str(image_processor_dict.get('image_processor_type', '')).endswith('Fast'):
+            return EfficientFormerImageProcessor.from_dict(image_processor_dict, **kwargs)
+        return super().from_dict(image_processor_dict, **kwargs)
 
 
-class EfficientFormerImageProcessorFast(_ProcessorDefaults, TorchvisionBackend):
-    """The same preprocessing with torchvision's resize (``backend='torchvision'``): faster on batches, not
-    pixel-identical to PIL's."""
+# the names transformers 4.x used for the torchvision backend
+EfficientFormerImageProcessorFast = EfficientFormerImageProcessor
 
 
 # ---- models: this package's EfficientFormer, its modules registered under 4.40.2's container names ----
@@ -366,6 +401,11 @@ class EfficientFormerForImageClassificationWithTeacher(EfficientFormerPreTrained
     """Class and distillation heads on the mean final token (inference, as in 4.40.2)."""
 
     def __init__(self, config: EfficientFormerConfig):
+        if config.hidden_size != config.hidden_sizes[-1]:
+            raise ValueError(
+                f'EfficientFormerForImageClassificationWithTeacher reads hidden_size={config.hidden_size} as its '
+                f'input width, but the last stage gives hidden_sizes[-1]={config.hidden_sizes[-1]} '
+                '(4.40.2 built these heads and failed at the first forward): make them equal')
         super().__init__(config)
         self.num_labels = config.num_labels
         self.efficientformer = EfficientFormerModel(config)
@@ -393,6 +433,47 @@ class EfficientFormerForImageClassificationWithTeacher(EfficientFormerPreTrained
             hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
+class EfficientFormerBackbone(BackboneMixin, EfficientFormerModel):
+    """transformers' backbone API (``AutoBackbone``, the ``backbone_config`` of UperNet, Mask2Former, DPT, ...):
+    ``feature_maps`` are the NCHW outputs of the stages in ``config.out_features`` (the last stage's tokens
+    reshaped to their grid), at strides 4 ('stem', 'stage1'), 8, 16, 32, for any input of at least 64 pixels a
+    side; ``hidden_states`` are all five. The modules carry ``EfficientFormerModel``'s names, so the weights of
+    a classification folder load (its final LayerNorm and heads are not part of the backbone)."""
+    has_attentions = False
+
+    def __init__(self, config: EfficientFormerConfig):
+        super().__init__(config)
+        del self.layernorm  # the classification output's norm; the feature maps are the stages' own
+        widths = config.hidden_sizes
+        self.num_features = [widths[0]] + list(widths)
+
+    def forward(
+            self,
+            pixel_values: torch.Tensor,
+            output_hidden_states: Optional[bool] = None,
+            output_attentions: Optional[bool] = None,
+            return_dict: Optional[bool] = None,
+            **kwargs,
+    ) -> Union[tuple, BackboneOutput]:
+        if output_attentions:
+            raise ValueError('EfficientFormerBackbone returns no attentions: use EfficientFormerModel for them')
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        body = self.body
+        body._check_input(pixel_values)
+        x = body.stem(pixel_values)
+        hidden_states = [x]
+        for stage in body.stages:
+            x, grid = stage.forward_with_grid(x)
+            hidden_states.append(stage.to_map(x, grid))
+        feature_maps = tuple(h for name, h in zip(self.stage_names, hidden_states) if name in self.out_features)
+        hidden_states = tuple(hidden_states) if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states)
+
+
 def _register() -> None:
     AutoConfig.register(MODEL_TYPE, EfficientFormerConfig, exist_ok=True)
     AutoModel.register(EfficientFormerConfig, EfficientFormerModel, exist_ok=True)
@@ -401,8 +482,9 @@ def _register() -> None:
         (EfficientFormerForImageClassification, EfficientFormerForImageClassificationWithTeacher), exist_ok=True)
     AutoImageProcessor.register(
         EfficientFormerConfig, exist_ok=True,
-        image_processor_classes={'pil': EfficientFormerImageProcessor,
-                                 'torchvision': EfficientFormerImageProcessorFast})
+        image_processor_classes={'pil': EfficientFormerImageProcessorPil,
+                                 'torchvision': EfficientFormerImageProcessor})
+    AutoBackbone.register(EfficientFormerConfig, EfficientFormerBackbone, exist_ok=True)
     # 4.40.2's folders name 'EfficientFormerImageProcessor': keep its PIL resize, not torchvision's
     pil_default = image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS
     if EfficientFormerImageProcessor.__name__ not in pil_default:

@@ -26,9 +26,7 @@ from .variants import EFFICIENTFORMER_ARCHS
 __all__ = ['model_args_from_transformers_config', 'create_model_from_transformers', 'data_config']
 
 # transformers config fields that must keep these values: our models have no switch for them
-_FIXED = dict(
-    use_layer_scale=True, pool_size=3, downsample_patch_size=3, downsample_stride=2, downsample_pad=1,
-    batch_norm_eps=1e-5)
+_FIXED = dict(use_layer_scale=True, pool_size=3, downsample_patch_size=3, downsample_stride=2, downsample_pad=1)
 
 
 def _config_dict(config: Union[str, os.PathLike, Dict[str, Any], Any]) -> Dict[str, Any]:
@@ -56,15 +54,17 @@ def model_args_from_transformers_config(config) -> Tuple[str, Dict[str, Any]]:
     if cfg.get('dim', 448) != widths[-1]:
         raise ValueError(f"transformers config dim={cfg.get('dim', 448)} must equal hidden_sizes[-1]={widths[-1]}: "
                          'the attention blocks run at the last stage width')
-    if cfg.get('hidden_size', widths[-1]) != widths[-1]:
-        raise ValueError(f"transformers config hidden_size={cfg['hidden_size']} must equal hidden_sizes[-1]="
-                         f'{widths[-1]}: the classifier heads read the last stage width')
     hf_downsamples = cfg.get('downsamples', [True] * len(depths))
     # transformers: a downsample follows stage i when downsamples[i] or the width changes; timm: stage i starts
     # with one when downsamples[i]
     downsamples = (False,) + tuple(
         bool(hf_downsamples[i] or widths[i] != widths[i + 1]) for i in range(len(depths) - 1))
     architectures = cfg.get('architectures') or ['EfficientFormerForImageClassificationWithTeacher']
+    distillation = any(a.endswith('WithTeacher') for a in architectures)
+    hidden_size = cfg.get('hidden_size') or widths[-1]
+    if distillation and hidden_size != widths[-1]:  # 4.40.2's distillation heads read hidden_size
+        raise ValueError(f'transformers config hidden_size={hidden_size} must equal hidden_sizes[-1]={widths[-1]} '
+                         'for the WithTeacher heads: they classify the mean last-stage token')
     # transformers' PretrainedConfig default is 2 labels (config.json omits id2label when it is the default)
     num_labels = len(cfg['id2label']) if cfg.get('id2label') else cfg.get('num_labels', 2)
     kwargs = dict(
@@ -81,8 +81,10 @@ def model_args_from_transformers_config(config) -> Tuple[str, Dict[str, Any]]:
         proj_drop_rate=cfg.get('hidden_dropout_prob', 0.),
         num_classes=num_labels,
         in_chans=cfg.get('num_channels', 3),
-        distillation=any(a.endswith('WithTeacher') for a in architectures),
+        distillation=distillation,
     )
+    if cfg.get('batch_norm_eps', 1e-5) != 1e-5:  # timm's default left out of the kwargs
+        kwargs['norm_eps'] = cfg['batch_norm_eps']
     name = 'efficientformer_l1'
     for arch_name, arch in EFFICIENTFORMER_ARCHS.items():
         if tuple(arch['embed_dims']) == widths and tuple(arch['depths']) == depths:

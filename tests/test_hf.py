@@ -17,7 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import timm
-from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline)
+from transformers import (AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                          Mask2FormerConfig, Mask2FormerForUniversalSegmentation, TimmBackboneConfig, UperNetConfig,
+                          UperNetForSemanticSegmentation, pipeline)
 
 import efficientformer_timm.hf as hf
 from efficientformer_timm.transformers_compat import create_model_from_transformers, model_args_from_transformers_config
@@ -221,9 +223,9 @@ def _photos(reference):
 def test_image_processor_is_pixel_identical_on_photographs(reference):
     data, photos = _photos(reference)
     for processor_name, kwargs in data['kwargs'].items():
-        processor = hf.EfficientFormerImageProcessor(**kwargs)
+        processor = hf.EfficientFormerImageProcessorPil(**kwargs)
         from_folder = AutoImageProcessor.from_pretrained(reference / 'photos' / f'processor_{processor_name}')
-        assert type(from_folder) is hf.EfficientFormerImageProcessor
+        assert type(from_folder) is hf.EfficientFormerImageProcessorPil  # 4.40.2's folders keep its exact pixels
         expected = data['pixel_values'][processor_name]
         for name, image in photos.items():
             for p in (processor, from_folder):
@@ -241,7 +243,7 @@ def test_image_processor_is_pixel_identical_on_photographs(reference):
 def test_torchvision_backend_is_close_to_pil(reference):
     data, photos = _photos(reference)
     fast = AutoImageProcessor.from_pretrained(reference / 'photos' / 'processor_snap_research', backend='torchvision')
-    assert type(fast) is hf.EfficientFormerImageProcessorFast
+    assert type(fast) is hf.EfficientFormerImageProcessor and hf.EfficientFormerImageProcessorFast is type(fast)
     for name, image in photos.items():
         pixels = fast(image, return_tensors='pt')['pixel_values'][0]
         torch.testing.assert_close(pixels, data['pixel_values']['snap_research'][name], rtol=0, atol=0.1)
@@ -267,10 +269,11 @@ def test_pipelines(reference):
 
 
 def test_bad_configs_and_folders(reference, tmp_path):
+    # configs hold any value, as 4.40.2's did; the models refuse what their blocks cannot run
     with pytest.raises(ValueError, match="hidden_act='relu' is not supported"):
-        hf.EfficientFormerConfig(hidden_act='relu')
+        hf.EfficientFormerModel(hf.EfficientFormerConfig(hidden_act='relu'))
     with pytest.raises(ValueError, match='use_layer_scale'):
-        hf.EfficientFormerConfig(use_layer_scale=False)
+        hf.EfficientFormerForImageClassification(hf.EfficientFormerConfig(use_layer_scale=False))
 
     vit = tmp_path / 'vit'
     vit.mkdir()
@@ -320,3 +323,99 @@ def test_docs_examples_run_as_written(reference, capsys):
     assert capsys.readouterr().out.strip() == results[1]['model'].config.id2label[results[1]['predicted_label']]
     assert results[2]['outputs'].loss.ndim == 0
     assert results[2]['model'].classifier.weight.grad is not None
+
+
+TINY = dict(depths=[1, 1, 1, 2], hidden_sizes=[16, 32, 48, 64], dim=64, key_dim=8, num_attention_heads=2,
+            num_meta3d_blocks=1)
+ALL_STAGES = ['stage1', 'stage2', 'stage3', 'stage4']
+
+
+def test_config_takes_what_440_took_and_models_honour_it(tmp_path):
+    config = hf.EfficientFormerConfig(**TINY, batch_norm_eps=1.0, hidden_size=100, num_labels=3)
+    config.save_pretrained(tmp_path)
+    reloaded = AutoConfig.from_pretrained(tmp_path)
+    assert (reloaded.batch_norm_eps, reloaded.hidden_size) == (1.0, 100)
+    model = hf.EfficientFormerModel(reloaded).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.eps == 1.0 for m in norms)
+    name, kwargs = model_args_from_transformers_config(dict(config.to_dict(), architectures=['EfficientFormerModel']))
+    timm_model = timm.create_model(name, **dict(kwargs, num_classes=0)).eval()
+    timm_model.load_state_dict(model.body.state_dict())
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).last_hidden_state, timm_model.forward_features(x), **EXACT)
+    assert hf.EfficientFormerForImageClassification(reloaded).classifier.in_features == 64  # reads hidden_sizes[-1]
+    with pytest.raises(ValueError, match='hidden_size=100 as its input width.*hidden_sizes\\[-1\\]=64'):
+        hf.EfficientFormerForImageClassificationWithTeacher(reloaded)
+
+
+def test_both_processor_backends_round_trip(reference, tmp_path):
+    for cls in (hf.EfficientFormerImageProcessor, hf.EfficientFormerImageProcessorPil):
+        folder = tmp_path / cls.__name__
+        cls(size={'shortest_edge': 200}).save_pretrained(folder)
+        reloaded = AutoImageProcessor.from_pretrained(folder)
+        assert type(reloaded) is cls and reloaded.size == {'shortest_edge': 200}
+        assert type(AutoImageProcessor.from_pretrained(folder, backend='torchvision')) is \
+            hf.EfficientFormerImageProcessor
+    # 4.40.2's folder: PIL (its exact pixels) unless torchvision is asked for
+    folder = reference / 'photos' / 'processor_snap_research'
+    assert type(AutoImageProcessor.from_pretrained(folder)) is hf.EfficientFormerImageProcessorPil
+    assert type(AutoImageProcessor.from_pretrained(folder, backend='pil')) is hf.EfficientFormerImageProcessorPil
+
+
+def test_backbone_loads_classification_folders_at_any_size(reference, tmp_path):
+    folder = reference / 'l1_teacher_safetensors'
+    # (AutoBackbone.from_pretrained of transformers 5.25 asks the hub whether the name exists, even for a folder)
+    backbone = hf.EfficientFormerBackbone.from_pretrained(folder, out_features=ALL_STAGES).eval()
+    assert type(backbone) is hf.EfficientFormerBackbone and backbone.channels == [48, 96, 224, 448]
+    model = hf.EfficientFormerModel.from_pretrained(folder).eval()
+    x = torch.randn(1, 3, 333, 517)
+    with torch.no_grad():
+        out = backbone(x, output_hidden_states=True)
+        expected = model.body.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(m.shape[-2:]) for m in out.feature_maps] == [(84, 130), (42, 65), (21, 33), (11, 17)]
+    for got, want in zip(out.feature_maps, expected):
+        torch.testing.assert_close(got, want, **EXACT)
+    assert len(out.hidden_states) == 5 and out.hidden_states[0].shape == (1, 48, 84, 130)
+    backbone.save_pretrained(tmp_path)
+    again = hf.EfficientFormerBackbone.from_pretrained(tmp_path).eval()
+    assert again.out_features == ALL_STAGES and type(AutoBackbone.from_config(again.config)) is hf.EfficientFormerBackbone
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).feature_maps[-1], out.feature_maps[-1], **EXACT)
+    with pytest.raises(ValueError, match=r"\['stage5'\] are not stages.*'stem', 'stage1'"):
+        hf.EfficientFormerConfig(out_features=['stage3', 'stage5'])
+
+
+@pytest.mark.parametrize('size', [(512, 512), (333, 517)])
+def test_upernet_and_mask2former_train_on_the_backbone(size):
+    backbone_config = hf.EfficientFormerConfig(**TINY, out_features=ALL_STAGES)
+    x = torch.randn(2, 3, *size)
+    upernet = UperNetForSemanticSegmentation(UperNetConfig(
+        backbone_config=backbone_config, hidden_size=32, auxiliary_channels=16, num_labels=5)).train()
+    assert type(upernet.backbone) is hf.EfficientFormerBackbone
+    out = upernet(pixel_values=x, labels=torch.randint(0, 5, (2, *size)))
+    out.loss.backward()
+    assert out.logits.shape == (2, 5, *size)
+    assert upernet.backbone.body.stem.conv1.weight.grad.abs().sum() > 0
+
+    mask2former = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(
+        backbone_config=backbone_config, hidden_dim=32, mask_feature_size=32, feature_size=32, encoder_layers=1,
+        decoder_layers=2, num_queries=8, encoder_feedforward_dim=64, dim_feedforward=64, num_attention_heads=2,
+        num_labels=4, train_num_points=64)).train()
+    out = mask2former(pixel_values=x, mask_labels=[torch.randint(0, 2, (2, *size)).float(),
+                                                   torch.randint(0, 2, (1, *size)).float()],
+                      class_labels=[torch.tensor([0, 3]), torch.tensor([1])])
+    out.loss.backward()
+    assert out.masks_queries_logits.shape == (2, 8, -(-size[0] // 4), -(-size[1] // 4))
+    assert mask2former.model.pixel_level_module.encoder.body.stem.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('name,widths', [('efficientformer_l1', [96, 224, 448]), ('efficientformerv2_s0', [48, 96, 176])])
+def test_timm_backbone_by_name_at_any_size(name, widths):
+    """transformers' generic TimmBackbone builds this package's models by their timm names."""
+    backbone = AutoBackbone.from_config(TimmBackboneConfig(backbone=name, use_pretrained_backbone=False,
+                                                           out_indices=(1, 2, 3))).eval()
+    assert backbone.channels == widths
+    with torch.no_grad():
+        maps = backbone(torch.randn(1, 3, 333, 517)).feature_maps
+    assert [tuple(m.shape[-2:]) for m in maps] == [(42, 65), (21, 33), (11, 17)]
