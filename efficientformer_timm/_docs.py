@@ -73,7 +73,7 @@ def models_table() -> str:
 def configs_table(root: str) -> str:
     """Every config under ``root``/mm_configs with the first sentence of its leading comment."""
     lines = ['| config | what it is |', '|---|---|']
-    for folder in ('', 'released', 'toy'):
+    for folder in ('', 'released', 'mmpretrain', 'toy'):
         for path in sorted(glob.glob(os.path.join(root, 'mm_configs', folder, '*.py'))):
             with open(path) as f:
                 comment = ' '.join(line[1:].strip() for line in f.read().split('_base_')[0].splitlines()

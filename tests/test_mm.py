@@ -55,26 +55,49 @@ def test_every_model_has_both_configs():
     names = {os.path.basename(c) for c in CONFIGS}
     for tag in ('l1', 'l3', 'l7', 'v2_s0', 'v2_s1', 'v2_s2', 'v2_l'):
         assert f'maskrcnn_{tag}.py' in names and f'semfpn_{tag}_ade20k.py' in names
+    for tag in ('l1', 'v2_s2'):
+        assert f'retinanet_{tag}.py' in names and f'upernet_{tag}_ade20k.py' in names
+
+
+def _recipe(path):
+    """maskrcnn / retinanet (mmdet) or semfpn / upernet (mmseg), from the config's name."""
+    recipe = os.path.basename(path).split('_')[0]
+    return recipe, 'mmdet' if recipe in ('maskrcnn', 'retinanet') else 'mmseg'
+
+
+# recipe -> (AdamW lr, weight decay of V1, of V2)
+OPTIMIZERS = {'maskrcnn': (2e-4, 1e-4, 0.05), 'retinanet': (1e-4, 1e-4, 1e-4), 'semfpn': (2e-4, 1e-4, 1e-4),
+              'upernet': (6e-5, 0.01, 0.01)}
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_parses_builds_and_loads_pretrained(path, pretrained_env):
     cfg = Config.fromfile(path)
-    scope = 'mmdet' if 'maskrcnn' in path else 'mmseg'
+    recipe, scope = _recipe(path)
     init_default_scope(scope)
     model = MODELS.build(cfg.model)
     backbone = model.backbone
     assert isinstance(backbone, EfficientFormerBackbone)
-    assert list(cfg.model.neck.in_channels) == backbone.out_channels
-    assert cfg.optim_wrapper.optimizer.type == 'AdamW' and cfg.optim_wrapper.optimizer.lr == 2e-4
-    assert cfg.optim_wrapper.optimizer.weight_decay == (0.05 if 'v2' in path and scope == 'mmdet' else 1e-4)
+    head_in = cfg.model.decode_head.in_channels if recipe == 'upernet' else cfg.model.neck.in_channels
+    assert list(head_in) == backbone.out_channels
+    lr, v1_decay, v2_decay = OPTIMIZERS[recipe]
+    optimizer = cfg.optim_wrapper.optimizer
+    assert optimizer.type == 'AdamW' and optimizer.lr == lr
+    assert optimizer.weight_decay == (v2_decay if 'v2' in path else v1_decay)
     if scope == 'mmdet':
         assert cfg.train_cfg.max_epochs == 12 and cfg.param_scheduler[1].milestones == [8, 11]
         assert cfg.param_scheduler[0].end == 500 and cfg.train_dataloader.dataset.data_root == 'data/coco/'
     else:
-        assert cfg.train_cfg.max_iters == 40000 and cfg.param_scheduler[0].type == 'PolyLR'
         assert cfg.model.decode_head.num_classes == 150 and cfg.crop_size == (512, 512)
         assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
+    if recipe == 'semfpn':
+        assert cfg.train_cfg.max_iters == 40000 and cfg.param_scheduler[0].type == 'PolyLR'
+    elif recipe == 'upernet':
+        assert cfg.train_cfg.max_iters == 160000 and cfg.model.auxiliary_head.in_channels == backbone.out_channels[2]
+        assert [s.type for s in cfg.param_scheduler] == ['LinearLR', 'PolyLR'] and cfg.param_scheduler[0].end == 1500
+        assert cfg.optim_wrapper.paramwise_cfg.custom_keys['attention_biases'].decay_mult == 0
+    elif recipe == 'retinanet':
+        assert cfg.model.neck.start_level == 1 and cfg.model.neck.add_extra_convs == 'on_input'
     model.init_weights()
     source = torch.load(cfg.model.backbone.init_cfg.checkpoint, weights_only=True)
     for key, value in backbone.model.state_dict().items():
@@ -111,6 +134,94 @@ def test_detector_loss_and_predict_at_odd_sizes():
     with torch.no_grad():
         results = model(**model.data_preprocessor(packed, False), mode='predict')
     assert len(results) == 2 and results[0].pred_instances.bboxes.shape[1] == 4
+
+
+def _detector_step(model):
+    """A loss step and a predict step on two images of odd sizes."""
+    from mmdet.testing import demo_mm_inputs
+    torch.manual_seed(0)
+    packed = demo_mm_inputs(2, [(3, 200, 333), (3, 251, 190)], num_items=[3, 2], num_classes=3, with_mask=True)
+    losses = model(**model.data_preprocessor(packed, True), mode='loss')
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v)
+                for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(packed, False), mode='predict')
+    assert len(results) == 2 and results[0].pred_instances.bboxes.shape[1] == 4
+    return losses
+
+
+def _segmentor_step(model, size=(130, 171)):
+    """A loss step and a predict step (at the odd size itself) on two images."""
+    from mmseg.structures import SegDataSample
+    h, w = size
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, h, w)))
+        samples.append(sample)
+    inputs = [torch.randint(0, 255, (3, h, w), dtype=torch.uint8) for _ in samples]
+    losses = model(**model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True), mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False)
+        results = model(**data, mode='predict')
+    assert results[0].pred_sem_seg.data.shape == (1, h, w)
+    return losses
+
+
+@pytest.mark.parametrize('config', ['retinanet_l1.py', 'retinanet_v2_s2.py', 'upernet_l1_ade20k.py',
+                                    'upernet_v2_s2_ade20k.py'])
+def test_retinanet_and_upernet_loss_and_predict_at_odd_sizes(config):
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', config))
+    cfg.model.backbone.init_cfg = None
+    recipe, scope = _recipe(config)
+    # the heads narrower than the recipe's (the configs build as they are in the test above): a short CPU step
+    if recipe == 'retinanet':
+        cfg.model.neck.out_channels = 64
+        cfg.model.bbox_head.update(in_channels=64, feat_channels=64)
+    else:
+        cfg.model.decode_head.channels = 32
+        cfg.model.auxiliary_head.channels = 16
+    init_default_scope(scope)
+    model = MODELS.build(cfg.model)
+    if recipe == 'retinanet':
+        assert set(_detector_step(model)) == {'loss_cls', 'loss_bbox'}
+    else:
+        assert {'decode.loss_ce', 'aux.loss_ce'} <= set(_segmentor_step(model))
+    stem_weight = next(p for n, p in model.backbone.model.named_parameters() if n.startswith('stem.'))
+    assert stem_weight.grad is not None
+
+
+MMPRETRAIN_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', 'mmpretrain', '*.py')))
+
+
+@pytest.mark.parametrize('path', MMPRETRAIN_CONFIGS, ids=os.path.basename)
+def test_mmpretrain_timm_backbone_configs(path, pretrained_env):
+    """mmpretrain's generic TIMMBackbone builds this package's model by its timm name, with ImageNet weights from
+    the configured file, and trains at odd sizes."""
+    pytest.importorskip('mmpretrain')
+    cfg = Config.fromfile(path)
+    recipe, scope = _recipe(path)
+    init_default_scope(scope)
+    model = MODELS.build(cfg.model)
+    timm_model = model.backbone.timm_model
+    assert type(timm_model.model if hasattr(timm_model, 'model') else timm_model).__module__.startswith(
+        'efficientformer_timm')
+    source = torch.load(cfg.model.backbone.pretrained_cfg_overlay.file, weights_only=True)
+    stem_key = 'stem.conv1.weight' if 'l1' in path else 'stem.conv1.conv.weight'
+    loaded = dict(timm_model.named_parameters())
+    torch.testing.assert_close(loaded.get('model.' + stem_key, loaded.get(stem_key.replace('stem.', 'stem_'))),
+                               source[stem_key], rtol=0, atol=0)
+    if scope == 'mmdet':
+        _detector_step(model)
+    else:
+        _segmentor_step(model)
 
 
 def test_segmentor_loss_and_predict_at_odd_sizes():
