@@ -97,7 +97,11 @@ def resize_offset_table(table: torch.Tensor, from_size: Tuple[int, int], to_size
     rows = antialiased_bicubic_weights(from_size[0], to_size[0], device=table.device)
     cols = antialiased_bicubic_weights(from_size[1], to_size[1], device=table.device)
     table2d = table.reshape(-1, from_size[0], from_size[1]).float()
-    return (rows @ table2d @ cols.T).to(table.dtype).flatten(1)
+    # batched products of equal shapes, no broadcast: OpenVINO's CPU plugin runs no dynamic-shape MatMul that
+    # broadcasts one operand over the heads
+    heads = table2d.shape[0]
+    rows, cols = rows.expand(heads, -1, -1), cols.T.expand(heads, -1, -1)
+    return (rows @ table2d @ cols).to(table.dtype).flatten(1)
 
 
 class GridAttentionBias(nn.Module):

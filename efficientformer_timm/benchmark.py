@@ -11,6 +11,11 @@ Variants, each a module that maps an image batch to a list of feature maps:
   authors_backbone  the authors' dense backbone (``efficientformer_timm.authors``)
   timm_builtin  timm's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
+With ``runtimes`` (CPU): the exported files in onnxruntime / OpenVINO, on the benchmark's threads:
+  ours_<runtime>      the file ``tools/export_onnx.py --fuse-bn`` writes (dynamic sizes, opset 18)
+  ours_<runtime>_static  the same fused network exported for the measured size only, opset 20 (biases constant,
+              GELU one node)
+  resnet50_<runtime>  resnet50's features exported the same way (dynamic sizes)
 Training (``build_train_variants``): ours, ours_channels_last, mm_backbone, authors_backbone, resnet50,
 resnet50_channels_last, and mm_backbone_compiled (``compile_model``: its network's forward through torch.compile,
 static shapes).
@@ -24,8 +29,10 @@ static shapes).
 import collections
 import copy
 import math
+import os
 import resource
 import statistics
+import tempfile
 import time
 
 import timm
@@ -36,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from .authors import (authors_backbone, authors_dense_bias, average_pooling_mixer, bias_every_forward,
                       replace_forwards)
 from .efficientformer import Attention, WindowAveragePooling
-from .export import outputs_match
+from .export import RuntimeFeatures, export_onnx, outputs_match
 from .fuse import fuse_batchnorm
 from .variants import V1_MODEL_NAMES
 
@@ -103,8 +110,46 @@ def ablation_variants(name, size, ours, **kwargs):
     return variants
 
 
-def build_variants(name, size, device, compile_model=False, ablations=False):
-    """The inference variants for model ``name`` at input ``size`` (H, W), in eval on ``device``."""
+class ExportedFiles:
+    """The ONNX files of a run's runtime variants, exported once each into a temporary folder."""
+
+    def __init__(self):
+        self.folder = tempfile.TemporaryDirectory(prefix='efficientformer_benchmark_')
+        self.paths = {}
+
+    def path(self, key, model, static_size=None, opset=18):
+        if key not in self.paths:
+            path = os.path.join(self.folder.name, f'{key}.onnx')
+            export_onnx(model, path, opset, static_size)
+            self.paths[key] = path
+        return self.paths[key]
+
+
+def runtime_variants(name, size, fused, resnet, runtimes, threads, files, names=None):
+    """``ours_<runtime>``, ``ours_<runtime>_static`` and ``resnet50_<runtime>`` for each runtime (``names``: only
+    those asked for; a file is exported only when a variant needs it). Each is checked against its PyTorch network
+    on one random image (``outputs_match``'s tolerance): the figures are of files that compute what it computes."""
+    variants = {}
+    x = torch.randn(1, 3, *size)
+    for runtime in runtimes:
+        wanted = {f'ours_{runtime}': (fused, lambda: files.path(f'{name}_fused', fused)),
+                  f'ours_{runtime}_static': (fused, lambda: files.path(
+                      f'{name}_fused_{size[0]}x{size[1]}_opset20', fused, size, opset=20)),
+                  f'resnet50_{runtime}': (resnet, lambda: files.path('resnet50', resnet))}
+        for key, (network, path) in wanted.items():
+            if names is None or key in names:
+                variants[key] = RuntimeFeatures(path(), runtime, threads)
+                with torch.no_grad():
+                    diff, share = outputs_match(variants[key](x), network(x))
+                if share > 1:
+                    raise RuntimeError(f'{key} differs from PyTorch by {diff:.2e} ({share:.3g} of the tolerance)')
+    return variants
+
+
+def build_variants(name, size, device, compile_model=False, ablations=False, runtimes=(), threads=None,
+                   files=None, names=None):
+    """The inference variants for model ``name`` at input ``size`` (H, W), in eval on ``device``; ``runtimes``
+    (CPU only) adds the exported files run in onnxruntime / OpenVINO on ``threads`` threads."""
     ours = timm.create_model(name, features_only=True).eval()
     fused = fuse_batchnorm(copy.deepcopy(ours))
     resnet = timm.create_model('resnet50', features_only=True).eval()
@@ -118,6 +163,10 @@ def build_variants(name, size, device, compile_model=False, ablations=False):
     variants['mm_backbone'] = mm_backbone(name)
     if ablations:
         variants.update(ablation_variants(name, size, ours))
+    if runtimes:
+        if device.type != 'cpu':
+            raise ValueError(f'runtimes {", ".join(runtimes)}: the exported files run on the CPU, not {device}')
+        variants.update(runtime_variants(name, size, fused, resnet, runtimes, threads, files or ExportedFiles(), names))
     return _available({k: v.eval() if v is not None else None for k, v in variants.items()}, device)
 
 
@@ -208,6 +257,10 @@ def count_network_flops(step, model, x):
 
 
 def peak_memory_mb(step, model, x, device, autocast_dtype):
+    """Peak memory the step allocates through PyTorch (None for a file run in another runtime, whose memory
+    PyTorch does not see)."""
+    if isinstance(model, RuntimeFeatures):
+        return None
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -233,6 +286,29 @@ def print_profile(model, x, autocast_dtype, label, rows=8):
     total = sum(map(key, events))
     top = sorted(events, key=key, reverse=True)[:rows]
     print(f'# profile {label}: ' + ', '.join(f'{e.key} {100 * key(e) / total:.0f}%' for e in top), flush=True)
+
+
+def print_onnxruntime_profile(model, x, label, rows=8):
+    """Where onnxruntime spends one run of ``model`` (a ``RuntimeFeatures`` on onnxruntime): its profiler's node
+    times of the second run (the first allocates) summed by operator type, in the graph it runs after its own
+    fusions and layout changes, as shares."""
+    import json
+    from .export import onnxruntime_session
+    session = onnxruntime_session(model.path, model.session.get_session_options().intra_op_num_threads, profile=True)
+    for _ in range(2):
+        session.run(None, {'image': x.numpy()})
+    path = session.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.remove(path)
+    last_run = max(e['ts'] for e in events if e.get('name') == 'model_run')
+    times = collections.Counter()
+    for event in events:
+        if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time') and event['ts'] >= last_run:
+            times[event['args']['op_name']] += event['dur']
+    total = sum(times.values())
+    print(f'# profile {label} (onnxruntime): ' + ', '.join(
+        f'{op} {100 * t / total:.0f}%' for op, t in times.most_common(rows)), flush=True)
 
 
 def print_train_breakdown(model, x, autocast_dtype, label, steps=3, rows=6):
@@ -424,16 +500,20 @@ def parse_size(text):
 
 
 def run_inference(models, sizes, batches, device, machine, autocast_dtype=None, names=None, repeats=15, warmup=3,
-                  compile_model=False, ablations=False, profile_steps=False, checks=None):
+                  compile_model=False, ablations=False, profile_steps=False, checks=None, runtimes=()):
     """Time every inference variant (``names``: only these, and ours) of each model, size and batch, printing a
     table row per variant; returns the rows. On a device other than the CPU each variant's outputs are first
-    checked against the CPU's (appended to ``checks``)."""
-    print('| model | size | batch | variant | median ms | ratio to ours | ours GFLOP/s | peak MB | page faults |')
+    checked against the CPU's (appended to ``checks``). ``runtimes``: the exported files in onnxruntime /
+    OpenVINO too, on the machine's threads, each checked against the network it was exported from."""
+    print('| model | size | batch | variant | median ms | ratio to ours | GFLOP/s (share of matmul) | peak MB | '
+          'page faults |')
     print('|---|---|---|---|---|---|---|---|---|')
     rows = []
+    files = ExportedFiles() if runtimes else None
     for name in models:
         for size in sizes:
-            variants = select(build_variants(name, size, device, compile_model, ablations), names)
+            variants = select(build_variants(name, size, device, compile_model, ablations, runtimes,
+                                             machine['threads'], files, names), names)
             if device.type != 'cpu':
                 for key, (diff, share) in check_against_cpu(variants, torch.randn(1, 3, *size, device=device)).items():
                     checks.append(dict(model=name, size=f'{size[0]}x{size[1]}', variant=key, max_abs_diff=diff,
@@ -443,9 +523,11 @@ def run_inference(models, sizes, batches, device, machine, autocast_dtype=None, 
             for batch in batches:
                 x = torch.randn(batch, 3, *size, device=device)
                 if profile_steps:
-                    for key in ('ours', 'ours_fused_channels_last') & variants.keys():
+                    for key in variants.keys() & {'ours', 'ours_fused_channels_last'}:
                         print_profile(variants[key], x, autocast_dtype,
                                       f'{name} {size[0]}x{size[1]} batch {batch} {key}')
+                    for key in sorted(k for k in variants if k.startswith('ours_onnxruntime')):
+                        print_onnxruntime_profile(variants[key], x, f'{name} {size[0]}x{size[1]} batch {batch} {key}')
                 rows += _time_case('inference', infer, name, variants, x, machine, autocast_dtype, repeats, warmup)
     return rows
 
@@ -484,31 +566,59 @@ def _time_case(mode, step, name, variants, x, machine, autocast_dtype, repeats, 
         row = make_row(mode, name, key, x, medians, faults, flops, machine,
                        peak_memory_mb(step, variants[key], x, x.device, autocast_dtype))
         rows.append(row)
-        if mode == 'train':
-            rate = f"{row['achieved_gflops_per_s']:.1f} ({row['fraction_of_matmul']:.2f})" if 'gflops' in row else ''
-        else:
-            rate = f"{row['achieved_gflops_per_s']:.1f}" if key == 'ours' else ''
+        rate = f"{row['achieved_gflops_per_s']:.1f} ({row['fraction_of_matmul']:.2f})" if 'gflops' in row else ''
+        peak = '-' if row['peak_mb'] is None else f"{row['peak_mb']:.0f}"
         print(f"| {name} | {row['size']} | {row['batch']} | {key} | {row['median_ms']:.1f} | "
-              f"{row['ratio_to_ours']:.2f} | {rate} | {row['peak_mb']:.0f} | {faults[key]:.0f} |", flush=True)
+              f"{row['ratio_to_ours']:.2f} | {rate} | {peak} | {faults[key]:.0f} |", flush=True)
     return rows
+
+
+# model -> (its exported features / resnet50's in the same runtime) at 800x1333, batch 1
+RUNTIME_TARGETS = {'efficientformer_l1': 0.40, 'efficientformerv2_s0': 0.35}
+
+
+def _row(rows, model, size, batch, variant):
+    return next((r for r in rows if r['mode'] == 'inference' and (r['model'], r['size'], r['batch'], r['variant'])
+                 == (model, size, batch, variant)), None)
+
+
+def target_lines(rows):
+    """(target, measured, met) for each inference target this run's figures can check, at 800x1333 batch 1."""
+    lines = []
+    for r in rows:
+        if r['mode'] != 'inference' or r['size'] != '800x1333' or r['batch'] != 1:
+            continue
+        model, variant = r['model'], r['variant']
+        if variant == 'ours' and model == 'efficientformer_l1':
+            resnet = _row(rows, model, r['size'], 1, 'resnet50')
+            if resnet:
+                ratio = r['median_ms'] / resnet['median_ms']
+                lines.append(('L1 plain features <= 0.45x resnet50', f'{ratio:.2f}x', ratio <= 0.45))
+        if variant == 'ours_fused_channels_last':
+            share = 0.70 if model in V1_MODEL_NAMES else 0.50
+            lines.append((f'{model} PyTorch fast path (fused, channels_last) >= {share:.2f} of the matmul GFLOP/s',
+                          f"{r['fraction_of_matmul']:.3f}", r['fraction_of_matmul'] >= share))
+        for runtime in ('onnxruntime', 'openvino'):
+            if variant != f'ours_{runtime}':
+                continue
+            resnet = _row(rows, model, r['size'], 1, f'resnet50_{runtime}')
+            if resnet and model in RUNTIME_TARGETS:
+                ratio = r['median_ms'] / resnet['median_ms']
+                lines.append((f'{model} in {runtime} <= {RUNTIME_TARGETS[model]:.2f}x resnet50 in {runtime}',
+                              f"{ratio:.2f}x ({r['median_ms']:.0f} / {resnet['median_ms']:.0f} ms)",
+                              ratio <= RUNTIME_TARGETS[model]))
+            fast = _row(rows, model, r['size'], 1, 'ours_fused_channels_last')
+            if fast:
+                ratio = r['median_ms'] / fast['median_ms']
+                lines.append((f'{model} in {runtime} <= 0.80x the PyTorch fast path',
+                              f"{ratio:.2f}x ({r['median_ms']:.0f} / {fast['median_ms']:.0f} ms)", ratio <= 0.80))
+    return lines
 
 
 def report_targets(rows):
     """The inference targets, checked against this run's figures (those it measured)."""
-    lines = []
-    for r in rows:
-        if r['mode'] != 'inference' or r['size'] != '800x1333':
-            continue
-        if r['batch'] == 1 and r['variant'] == 'ours' and r['model'] == 'efficientformer_l1':
-            resnet = next((q for q in rows if q['mode'] == 'inference' and q['variant'] == 'resnet50'
-                           and (q['model'], q['size'], q['batch']) == (r['model'], r['size'], 1)), None)
-            if resnet:
-                ratio = r['median_ms'] / resnet['median_ms']
-                lines.append(('L1 plain features at 800x1333 <= 0.45x resnet50', f'{ratio:.2f}x', ratio <= 0.45))
-        if r['variant'] in ('ours_fused_channels_last', 'mm_backbone'):
-            lines.append((f"{r['model']} {r['size']} batch {r['batch']} {r['variant']}: >= 0.70 of the matmul "
-                          'GFLOP/s', f"{r['fraction_of_matmul']:.3f}", r['fraction_of_matmul'] >= 0.70))
+    lines = target_lines(rows)
     if lines:
-        print('\n| target | measured | met |\n|---|---|---|')
+        print('\n| target (800x1333, batch 1) | measured | met |\n|---|---|---|')
         for target, measured, met in lines:
             print(f'| {target} | {measured} | {"yes" if met else "no"} |')

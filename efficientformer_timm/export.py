@@ -1,12 +1,16 @@
-"""ONNX export of a features_only backbone with dynamic batch, height and width, and its check against PyTorch in
-onnxruntime (the ``onnx`` extra); ``tools/export_onnx.py`` is the command line.
+"""ONNX export of a features_only backbone, and the runtimes deployers run the file in: onnxruntime and OpenVINO
+(the ``onnx`` and ``openvino`` extras); ``tools/export_onnx.py`` is the command line.
 
-The graph takes ``image`` (B, 3, H, W) for any H, W >= 64 and returns ``feature0``, ``feature1``, ... (one per
-out index, NCHW). The attention-bias resize is part of the graph (two small interpolation matrices built from
-the input size), so one file serves every input size.
+The default graph takes ``image`` (B, 3, H, W) for any H, W >= 64 and returns ``feature0``, ``feature1``, ... (one
+per out index, NCHW). The attention-bias resize is part of the graph (two small interpolation matrices built from
+the input size), so one file serves every input size. ``static_size`` exports for one size (the batch stays
+dynamic): the biases become constants. Every file is checked against PyTorch in the runtime it is meant for
+(``check_onnx``).
 """
+import os
+import tempfile
 import warnings
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -15,7 +19,10 @@ from ._validate import MIN_INPUT_SIZE
 from .checkpoint import load_checkpoint
 from .fuse import fuse_batchnorm
 
-__all__ = ['build_features_model', 'export_onnx', 'check_onnx', 'share_of_tolerance', 'outputs_match']
+__all__ = ['build_features_model', 'export_onnx', 'check_onnx', 'share_of_tolerance', 'outputs_match',
+           'onnxruntime_session', 'openvino_model', 'RuntimeFeatures', 'RUNTIMES']
+
+RUNTIMES = ('onnxruntime', 'openvino')
 
 
 def build_features_model(model_name: str, checkpoint=None, out_indices=(0, 1, 2, 3), fuse_bn: bool = False):
@@ -28,12 +35,17 @@ def build_features_model(model_name: str, checkpoint=None, out_indices=(0, 1, 2,
     return fuse_batchnorm(model) if fuse_bn else model
 
 
-def export_onnx(model, path: str, opset: int = 18) -> None:
-    """Write ``model`` (a features_only network in eval) to ``path`` with dynamic batch, height and width."""
+def export_onnx(model, path: str, opset: int = 18, static_size: Optional[Tuple[int, int]] = None) -> None:
+    """Write ``model`` (a features_only network in eval) to ``path`` with dynamic batch, height and width, or for
+    inputs of ``static_size`` (H, W) only (dynamic batch). From opset 20 GELU is one ``Gelu`` node."""
     num_outputs = len(model.feature_info.out_indices)
-    example = torch.randn(1, 3, 224, 224)
-    dims = {0: torch.export.Dim('batch', max=1024),
-            2: torch.export.Dim('height', min=MIN_INPUT_SIZE), 3: torch.export.Dim('width', min=MIN_INPUT_SIZE)}
+    size = tuple(static_size) if static_size else (224, 224)
+    if min(size) < MIN_INPUT_SIZE:
+        raise ValueError(f'static_size {size[0]}x{size[1]}: sizes must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}')
+    example = torch.randn(1, 3, *size)
+    dims = {0: torch.export.Dim('batch', max=1024)}
+    if not static_size:
+        dims.update({2: torch.export.Dim('height', min=MIN_INPUT_SIZE), 3: torch.export.Dim('width', min=MIN_INPUT_SIZE)})
     with warnings.catch_warnings():
         # torch.export's own deprecation chatter about pytree internals, not about this model
         warnings.filterwarnings('ignore', category=FutureWarning, module='copyreg')
@@ -41,6 +53,67 @@ def export_onnx(model, path: str, opset: int = 18) -> None:
             model, (example,), path, dynamo=True, opset_version=opset, dynamic_shapes={'x': dims},
             input_names=['image'], output_names=[f'feature{i}' for i in range(num_outputs)], verbose=False,
             external_data=False)  # one self-contained file (every model is far below protobuf's 2 GB)
+
+
+def onnxruntime_session(path: str, threads: Optional[int] = None, optimized_path: Optional[str] = None,
+                        profile: bool = False):
+    """An onnxruntime CPU session on ``threads`` intra-op threads (onnxruntime's default: one per core);
+    ``optimized_path`` also writes the graph onnxruntime runs after its optimizations (its layout and fused ops
+    are for this kind of CPU, and run in onnxruntime only); ``profile`` turns onnxruntime's profiler on."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), 'efficientformer_onnxruntime_profile')
+    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def openvino_model(path: str, threads: Optional[int] = None):
+    """The file compiled by OpenVINO for the CPU, in fp32 (OpenVINO would otherwise pick bf16 where the CPU has
+    it), on ``threads`` threads (OpenVINO's default: every core)."""
+    import openvino
+    core = openvino.Core()
+    config = {'INFERENCE_PRECISION_HINT': 'f32'}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = threads
+    return core.compile_model(core.read_model(path), 'CPU', config)
+
+
+class RuntimeFeatures(torch.nn.Module):
+    """An exported file run in ``runtime`` ('onnxruntime' or 'openvino') behind the features model's interface:
+    a CPU float32 batch in, the list of feature maps out (as tensors sharing the runtime's arrays)."""
+
+    def __init__(self, path: str, runtime: str = 'onnxruntime', threads: Optional[int] = None):
+        super().__init__()
+        if runtime not in RUNTIMES:
+            raise ValueError(f'runtime must be one of {", ".join(RUNTIMES)}, got {runtime!r}')
+        self.path, self.runtime = path, runtime
+        if runtime == 'onnxruntime':
+            self.session = onnxruntime_session(path, threads)
+            dims = self.session.get_inputs()[0].shape[2:]
+        else:
+            self.compiled = openvino_model(path, threads)
+            shape = self.compiled.input(0).get_partial_shape()
+            dims = [shape[i].get_length() if shape[i].is_static else None for i in (2, 3)]
+        self.static_size = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if self.static_size and tuple(x.shape[2:]) != self.static_size:
+            raise ValueError(
+                f'{self.path} was exported for {self.static_size[0]}x{self.static_size[1]} inputs only (--static), '
+                f'got {x.shape[2]}x{x.shape[3]}: resize the images or export a dynamic-size file')
+        image = x.detach().cpu().numpy()
+        if self.runtime == 'onnxruntime':
+            outputs = self.session.run(None, {'image': image})
+        else:
+            result = self.compiled(image)
+            outputs = [result[output] for output in self.compiled.outputs]
+        return [torch.from_numpy(output) for output in outputs]
 
 
 def share_of_tolerance(diff: float, tolerance: float) -> float:
@@ -61,26 +134,27 @@ def outputs_match(got: Sequence, expected: Sequence[torch.Tensor], rtol: float =
 
 
 def check_onnx(model, path: str, sizes: Sequence[Tuple[int, int]], batch: int = 2, rtol: float = 1e-5,
-               atol: float = 1e-4) -> List[tuple]:
-    """Run the ONNX file with onnxruntime and ``model`` with PyTorch on the same random batch at each size.
+               atol: float = 1e-4, runtime: str = 'onnxruntime') -> List[tuple]:
+    """Run the ONNX file in ``runtime`` ('onnxruntime' or 'openvino') and ``model`` with PyTorch on the same random
+    batch at each size.
 
-    Each output is within tolerance when max |onnxruntime - torch| <= atol + rtol * max |torch|
-    (``outputs_match``). Returns [(size, output shapes, max abs difference, worst difference / tolerance over the
-    outputs)]; raises RuntimeError when the graph returns other outputs or shapes."""
-    import onnxruntime
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    Each output is within tolerance when max |runtime - torch| <= atol + rtol * max |torch| (``outputs_match``).
+    Returns [(size, output shapes, max abs difference, worst difference / tolerance over the outputs)]; raises
+    RuntimeError when the graph returns other outputs or shapes."""
+    runner = RuntimeFeatures(path, runtime)
     generator = torch.Generator().manual_seed(0)
     results = []
     for height, width in sizes:
         x = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             expected = model(x)
-        got = session.run(None, {'image': x.numpy()})
+        got = runner(x)
         if len(got) != len(expected):
-            raise RuntimeError(f'ONNX graph returned {len(got)} outputs, PyTorch {len(expected)}')
+            raise RuntimeError(f'ONNX graph returned {len(got)} outputs in {runtime}, PyTorch {len(expected)}')
         for g, e in zip(got, expected):
-            if g.shape != tuple(e.shape):
-                raise RuntimeError(f'at {height}x{width} ONNX output shape {g.shape} != PyTorch {tuple(e.shape)}')
+            if g.shape != e.shape:
+                raise RuntimeError(f'at {height}x{width} {runtime} output shape {tuple(g.shape)} != PyTorch '
+                                   f'{tuple(e.shape)}')
         diff, share = outputs_match(got, expected, rtol=rtol, atol=atol)
-        results.append(((height, width), [g.shape for g in got], diff, share))
+        results.append(((height, width), [tuple(g.shape) for g in got], diff, share))
     return results

@@ -219,3 +219,50 @@ def test_device_check_runs_every_inference_variant():
     assert results.keys() == variants.keys()
     assert {'mm_backbone', 'timm_builtin', 'authors_backbone', *benchmark.ABLATIONS} <= results.keys()
     assert all(share <= 1 for _, share in results.values()), results
+
+
+def test_runtime_variants_are_checked_files_timed_beside_pytorch(capsys):
+    """--runtimes: each exported file runs in its runtime behind the features interface, is checked against the
+    network it came from before it is timed, and its row has no PyTorch peak memory (PyTorch does not see it)."""
+    small = dict(depths=(1, 1, 2, 2), num_vit=1)
+    fused = benchmark.fuse_batchnorm(randomize_(timm.create_model('efficientformer_l1', features_only=True, **small)))
+    resnet = timm.create_model('resnet10t', features_only=True).eval()
+    files = benchmark.ExportedFiles()
+    variants = benchmark.runtime_variants('efficientformer_l1', (96, 128), fused.eval(), resnet,
+                                          ('onnxruntime', 'openvino'), 1, files,
+                                          names=['ours_onnxruntime', 'ours_openvino', 'resnet50_openvino'])
+    assert list(variants) == ['ours_onnxruntime', 'ours_openvino', 'resnet50_openvino']
+    assert sorted(files.paths) == ['efficientformer_l1_fused', 'resnet50']  # one file per network, both runtimes
+    x = torch.randn(1, 3, 96, 128)
+    rows = benchmark._time_case('inference', benchmark.infer, 'efficientformer_l1', dict(ours=fused, **variants), x,
+                                dict(matmul_fp32_gflops=50.0), None, repeats=1, warmup=0)
+    assert [r['variant'] for r in rows] == ['ours', 'ours_onnxruntime', 'ours_openvino', 'resnet50_openvino']
+    assert [r['peak_mb'] is None for r in rows] == [False, True, True, True]
+    assert 'gflops' in rows[1] and 'gflops' not in rows[3]
+    assert '| efficientformer_l1 | 96x128 | 1 | ours_openvino |' in capsys.readouterr().out
+
+    broken = copy.deepcopy(fused)  # the file (already exported) against another network: refused before timing
+    with torch.no_grad():
+        broken.model.stages[3].downsample.conv.weight.mul_(2)
+    with pytest.raises(RuntimeError, match='ours_onnxruntime differs from PyTorch'):
+        benchmark.runtime_variants('efficientformer_l1', (96, 128), broken.eval(), resnet, ('onnxruntime',), 1,
+                                   files, names=['ours_onnxruntime'])
+
+
+def _rows(model, **ms):
+    return [dict(mode='inference', model=model, size='800x1333', batch=1, variant=variant, median_ms=median,
+                 fraction_of_matmul=0.6) for variant, median in ms.items()]
+
+
+def test_target_lines_compare_each_runtime_with_resnet50_and_the_fast_path():
+    rows = _rows('efficientformerv2_s0', ours=900., ours_fused_channels_last=500., ours_onnxruntime=330.,
+                 resnet50_onnxruntime=1000., ours_openvino=360., resnet50_openvino=1000.)
+    lines = {target: (measured, met) for target, measured, met in benchmark.target_lines(rows)}
+    assert lines['efficientformerv2_s0 in onnxruntime <= 0.35x resnet50 in onnxruntime'] == ('0.33x (330 / 1000 ms)',
+                                                                                            True)
+    assert lines['efficientformerv2_s0 in openvino <= 0.35x resnet50 in openvino'][1] is False
+    assert lines['efficientformerv2_s0 in onnxruntime <= 0.80x the PyTorch fast path'] == ('0.66x (330 / 500 ms)', True)
+    assert lines['efficientformerv2_s0 PyTorch fast path (fused, channels_last) >= 0.50 of the matmul GFLOP/s'] == \
+        ('0.600', True)
+    l1 = {t: met for t, _, met in benchmark.target_lines(_rows('efficientformer_l1', ours_fused_channels_last=1.))}
+    assert l1 == {'efficientformer_l1 PyTorch fast path (fused, channels_last) >= 0.70 of the matmul GFLOP/s': False}

@@ -14,7 +14,7 @@ import torch
 from efficientformer_timm._bias import antialiased_bicubic_weights
 from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm import fuse
-from efficientformer_timm.export import check_onnx, export_onnx, outputs_match
+from efficientformer_timm.export import check_onnx, export_onnx, onnxruntime_session, outputs_match
 from efficientformer_timm.fuse import FoldedMetaBlock2d, FoldedV2Block, fuse_batchnorm, timm_state_dict
 from helpers import made_once, randomize_
 
@@ -146,11 +146,17 @@ def test_onnx_export_tool_writes_a_checked_file_or_nothing(tmp_path):
     torch.save(timm_to_original(state), tmp_path / 'weights.pth')
     out = tmp_path / 'features.onnx'
     args = [sys.executable, EXPORT_ONNX, 'efficientformer_l1', str(out), '--checkpoint', str(tmp_path / 'weights.pth')]
-    done = subprocess.run(args + ['--fuse-bn', '--check-sizes', '96x700', '129x161'], capture_output=True, text=True)
+    optimized = tmp_path / 'features.optimized.onnx'
+    done = subprocess.run(args + ['--fuse-bn', '--check-sizes', '96x700', '129x161', '--check-runtimes', 'onnxruntime',
+                                  'openvino', '--onnxruntime-optimized', str(optimized)],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r'^96x700: outputs 2x48x24x175, 2x96x12x88, 2x224x6x44, 2x448x3x22; max \|onnxruntime - torch\| '
-                     r'= \S+ \(\S+ of the tolerance\)$', done.stdout, re.MULTILINE), done.stdout
-    assert '129x161: outputs' in done.stdout and out.is_file()
+    for runtime in ('onnxruntime', 'openvino'):  # the file, then the graph onnxruntime optimized, checked
+        assert len(re.findall(rf'^96x700: outputs 2x48x24x175, 2x96x12x88, 2x224x6x44, 2x448x3x22; max \|{runtime} - '
+                              r'torch\| = \S+ \(\S+ of the tolerance\)$', done.stdout, re.MULTILINE)) == \
+            (2 if runtime == 'onnxruntime' else 1), done.stdout
+    assert '129x161: outputs' in done.stdout and out.is_file() and optimized.is_file()
+    optimized.unlink()
     # the fused graph computes what the unfused model with those weights computes
     model = timm.create_model('efficientformer_l1', features_only=True, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'weights.pth'))).eval()
@@ -162,6 +168,9 @@ def test_onnx_export_tool_writes_a_checked_file_or_nothing(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert strict.returncode == 1 and 'not written' in strict.stderr
     assert sorted(os.listdir(tmp_path)) == ['weights.pth']
+    # a static file runs at its size only: other check sizes are refused before any export
+    refused = subprocess.run(args + ['--static', '320x480', '--check-sizes', '224'], capture_output=True, text=True)
+    assert refused.returncode == 2 and '--static: the file runs at that size only' in refused.stderr
 
 
 @pytest.fixture(scope='session')
@@ -191,6 +200,36 @@ def test_onnx_export_runs_any_size_in_onnxruntime(v2_onnx):
         for g, e in zip(got[:2], expected[:2]):
             np.testing.assert_allclose(g, e.numpy(), rtol=0, atol=1e-4)
         assert outputs_match(got, expected, rtol=1e-5, atol=1e-4)[1] <= 1
+
+
+def test_onnx_file_runs_in_openvino_and_onnxruntime_optimized(v2_onnx, tmp_path):
+    """The dynamic-size file compiles in OpenVINO and matches PyTorch at several sizes; the graph onnxruntime writes
+    after its optimizations matches too."""
+    model, path = v2_onnx
+    sizes = [(224, 224), (333, 517), (96, 700)]
+    results = check_onnx(model, path, sizes, batch=1, runtime='openvino')
+    assert [shapes[-1] for _, shapes, _, _ in results] == [(1, 176, 7, 7), (1, 176, 11, 17), (1, 176, 3, 22)]
+    assert max(share for *_, share in results) <= 1
+    optimized = str(tmp_path / 'optimized.onnx')
+    onnxruntime_session(path, threads=1, optimized_path=optimized)
+    assert max(share for *_, share in check_onnx(model, optimized, sizes[:2], batch=1)) <= 1
+
+
+def test_static_opset20_export_has_constant_biases_and_one_gelu_node(tmp_path):
+    """--static HxW with opset 20: no bias computation left in the graph, GELU as Gelu nodes, the dynamic batch kept;
+    checked in both runtimes at two batches."""
+    import onnx
+    model = randomize_(timm.create_model(
+        'efficientformer_l1', features_only=True, depths=(1, 1, 2, 2), num_vit=1)).eval()  # blocks of every kind
+    path = str(tmp_path / 'static.onnx')
+    export_onnx(model, path, opset=20, static_size=(160, 224))
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert 'Gelu' in ops and not ops & {'Erf', 'Range', 'Gather', 'Shape'}
+    for runtime in ('onnxruntime', 'openvino'):
+        for batch in (1, 3):
+            assert max(share for *_, share in check_onnx(model, path, [(160, 224)], batch, runtime=runtime)) <= 1
+    with pytest.raises(ValueError, match=r'exported for 160x224 inputs only \(--static\), got 224x224'):
+        check_onnx(model, path, [(224, 224)], batch=1, runtime='openvino')
 
 
 def test_onnx_check_is_relative_to_each_output_scale(v2_onnx):

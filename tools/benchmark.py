@@ -5,11 +5,14 @@
     python tools/benchmark.py [--models efficientformer_l1 ...] [--sizes 224 512 800x1333] [--threads 2]
                               [--repeats 15] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--compile] [--profile]
                               [--train [--cases 512x512:4 800x1333:2]] [--keep-freed-memory] [--ablations]
-                              [--variants NAME ...] [--json FILE.json] [--plot FILE.png]
+                              [--variants NAME ...] [--runtimes onnxruntime openvino] [--json FILE.json]
+                              [--plot FILE.png]
 
 Inference (default) times each model and input size (eval, no grad) at batch 1 (latency) and 8 (throughput):
 ours (plain, fused, fused in channels_last, compiled with --compile), the OpenMMLab backbone as the configs build
-it, the authors' dense backbone, timm's built-in model (224 only) and resnet50's features. --train times one
+it, the authors' dense backbone, timm's built-in model (224 only) and resnet50's features; --runtimes adds the
+exported files (ours fused, ours for the measured size only, resnet50's) in onnxruntime / OpenVINO, each checked
+against its PyTorch network first. --train times one
 training step (forward and backward of the mean of every output) at the mm configs' sizes and per-GPU batches.
 
 Each repeat runs every variant once in turn; medians are reported with ratios to ``ours``, peak memory
@@ -18,7 +21,8 @@ step, our network's FLOPs (torch.utils.flop_counter) and the rate each variant r
 machine's fp32 matmul GFLOP/s measured in the same run. The inference targets are checked against the run. On a
 device other than the CPU, inference first checks each variant's outputs against the same model on the CPU (fp32,
 TF32 off; in the JSON as ``cpu_checks``). --profile prints where the time goes: the top operators of one
-inference step, or a training step's forward by module type and backward by autograd node. --ablations adds the
+inference step (PyTorch's profiler; onnxruntime's own for its variants), or a training step's forward by module
+type and backward by autograd node. --ablations adds the
 variants that measure the model's design choices against the alternatives. --keep-freed-memory has glibc keep
 freed memory for reuse, as ``EfficientFormerRunner`` does on machines without CUDA (needs the ``mm`` extra).
 """
@@ -69,6 +73,8 @@ def main(argv=None):
                              'of mm_backbone and authors_backbone (--train)')
     parser.add_argument('--keep-freed-memory', action='store_true',
                         help="have glibc keep freed memory for reuse (EfficientFormerRunner's CPU default)")
+    parser.add_argument('--runtimes', nargs='+', default=[], choices=['onnxruntime', 'openvino'],
+                        help='also time the exported files in these runtimes on --threads threads (inference, CPU)')
     parser.add_argument('--json', help='write the machine facts and every row to this file')
     parser.add_argument('--plot', help='draw time against input size per variant into this PNG')
     args = parser.parse_args(argv)
@@ -92,10 +98,12 @@ def main(argv=None):
                    compile_model=args.compile, ablations=args.ablations, profile_steps=args.profile)
     checks = []
     if args.train:
+        if args.runtimes:
+            parser.error('--runtimes: the exported files are timed for inference, not with --train')
         rows = benchmark.run_train(args.models, args.cases, device, machine, **options)
     else:
         rows = benchmark.run_inference(args.models, args.sizes, args.batches, device, machine, checks=checks,
-                                       **options)
+                                       runtimes=args.runtimes, **options)
     benchmark.report_targets(rows)
     benchmark.report_checks(checks)
     if args.json:
