@@ -8,11 +8,12 @@ PYTHON := $(VENV)/bin/python
 PYTHON_LATEST := $(VENV_LATEST)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_LATEST := $(VENV_LATEST)/.installed
-# what can differ on the newest stack: the models, checkpoints, export, timm drop-in, the docs' snippets, packaging,
-# and the transformers 5 classes (checked against transformers 4.40.2, which runs in the verified stack's
-# interpreter); not the OpenMMLab adapter, whose mmcv build needs torch 2.13
+# what can differ on the newest stack: the models (dilated ones too), checkpoints, export, timm drop-in, the smp and
+# torchvision routes, the docs' snippets, packaging, and the transformers 5 classes (checked against transformers
+# 4.40.2, which runs in the verified stack's interpreter); not the OpenMMLab adapter, whose mmcv build needs torch 2.13
 CORE_TESTS := -m "not mm" tests/test_models.py tests/test_checkpoint.py tests/test_fusion_export.py \
-	tests/test_inputs.py tests/test_timm_compat.py tests/test_hf.py tests/test_packaging.py tests/test_docs.py
+	tests/test_inputs.py tests/test_timm_compat.py tests/test_output_stride.py tests/test_routes.py tests/test_hf.py \
+	tests/test_packaging.py tests/test_docs.py
 # the inner loop while changing the models: architecture, checkpoints, timm's API (a few minutes)
 QUICK_TESTS := -m "not mm and not slow" tests/test_models.py tests/test_checkpoint.py tests/test_timm_compat.py \
 	tests/test_inputs.py

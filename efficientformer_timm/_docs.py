@@ -32,6 +32,11 @@ PERFORMANCE_RUNS = {
               "One training step (forward and backward of the mean of every output) at the mm configs' input sizes, "
               "with the authors' output norms (GroupNorm for V1, none for V2). `mm_backbone` is the backbone as the "
               'configs build it (channels_last, gradients back in channels_last).'),
+    'deploy': ('Deployment runtimes',
+               'The fused `features_only` network exported by `tools/export_onnx.py --fuse-bn` (dynamic sizes, '
+               '`_onnxruntime` / `_openvino`) and for the measured size only (`--static`: `..._static`), '
+               'run in onnxruntime and OpenVINO on the same threads, beside the PyTorch fast path and resnet50 '
+               'features exported the same way (`resnet50_onnxruntime` / `resnet50_openvino`).'),
     'ablations': ('Design choices',
                   "What the model's own choices are worth, each against the alternative it replaced, on the same "
                   'network: the bias cache, the authors\' bias scheme, the pooling mixer as a convolution, the '
@@ -161,6 +166,16 @@ def headline(root: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def deploy_targets(root: str) -> str:
+    """The deployment targets against the saved deployment run (``benchmark.target_lines``)."""
+    from .benchmark import target_lines
+    run = load_runs(root)['deploy']
+    lines = ['| target (800x1333, batch 1) | measured | met |', '|---|---|---|']
+    for target, measured, met in target_lines(run['results']):
+        lines.append(f'| {target} | {measured} | {"yes" if met else "no"} |')
+    return '\n'.join(lines) + f"\n\n{_machine_line(run['machine'])}; `{run['command']}`\n"
+
+
 def render(root: str) -> Dict[str, str]:
     """{page path relative to ``root``: its rendered text} for every page with generated parts."""
     pages = {}
@@ -170,4 +185,6 @@ def render(root: str) -> Dict[str, str]:
     with open(os.path.join(root, 'docs', 'openmmlab.md')) as f:
         pages[os.path.join('docs', 'openmmlab.md')] = replace_section(f.read(), 'configs-table', configs_table(root))
     pages[os.path.join('docs', 'performance.md')] = performance_page(root)
+    with open(os.path.join(root, 'docs', 'deploy.md')) as f:
+        pages[os.path.join('docs', 'deploy.md')] = replace_section(f.read(), 'deploy-targets', deploy_targets(root))
     return pages

@@ -12,9 +12,9 @@ Variants, each a module that maps an image batch to a list of feature maps:
   timm_builtin  timm's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
 With ``runtimes`` (CPU): the exported files in onnxruntime / OpenVINO, on the benchmark's threads:
-  ours_<runtime>      the file ``tools/export_onnx.py --fuse-bn`` writes (dynamic sizes, opset 18)
-  ours_<runtime>_static  the same fused network exported for the measured size only, opset 20 (biases constant,
-              GELU one node)
+  ours_<runtime>      the file ``tools/export_onnx.py --fuse-bn`` writes (dynamic sizes)
+  ours_<runtime>_static  the same fused network exported for the measured size only (``--static``: the attention
+              biases constant)
   resnet50_<runtime>  resnet50's features exported the same way (dynamic sizes)
 Training (``build_train_variants``): ours, ours_channels_last, mm_backbone, authors_backbone, resnet50,
 resnet50_channels_last, and mm_backbone_compiled (``compile_model``: its network's forward through torch.compile,
@@ -117,10 +117,10 @@ class ExportedFiles:
         self.folder = tempfile.TemporaryDirectory(prefix='efficientformer_benchmark_')
         self.paths = {}
 
-    def path(self, key, model, static_size=None, opset=18):
+    def path(self, key, model, static_size=None):
         if key not in self.paths:
             path = os.path.join(self.folder.name, f'{key}.onnx')
-            export_onnx(model, path, opset, static_size)
+            export_onnx(model, path, static_size=static_size)
             self.paths[key] = path
         return self.paths[key]
 
@@ -134,7 +134,7 @@ def runtime_variants(name, size, fused, resnet, runtimes, threads, files, names=
     for runtime in runtimes:
         wanted = {f'ours_{runtime}': (fused, lambda: files.path(f'{name}_fused', fused)),
                   f'ours_{runtime}_static': (fused, lambda: files.path(
-                      f'{name}_fused_{size[0]}x{size[1]}_opset20', fused, size, opset=20)),
+                      f'{name}_fused_{size[0]}x{size[1]}', fused, size)),
                   f'resnet50_{runtime}': (resnet, lambda: files.path('resnet50', resnet))}
         for key, (network, path) in wanted.items():
             if names is None or key in names:

@@ -3,12 +3,13 @@
 the file in onnxruntime (and OpenVINO) against PyTorch (``efficientformer_timm.export``).
 
     python tools/export_onnx.py MODEL OUTPUT.onnx [--checkpoint FILE] [--fuse-bn] [--out-indices 0 1 2 3]
-                                [--check-sizes 224 512 333x517] [--atol 1e-4] [--opset 18] [--static HxW]
+                                [--check-sizes 224 512 333x517] [--atol 1e-4] [--opset 20] [--static HxW]
                                 [--check-runtimes onnxruntime openvino] [--onnxruntime-optimized FILE]
 
 The graph takes ``image`` (B, 3, H, W) for any H, W >= 64 and returns ``feature0``, ``feature1``, ... (one per
 out index, NCHW); one file serves every input size. ``--static HxW`` writes a file for that size only (the
-attention biases are constants; the batch stays dynamic). ``--opset 20`` writes GELU as one ``Gelu`` node.
+attention biases are constants; the batch stays dynamic). The default opset 20 writes GELU as one ``Gelu`` node
+(``--opset 18``: ``Erf`` arithmetic, for runtimes without opset 20).
 ``--onnxruntime-optimized`` also writes the graph onnxruntime runs after its own optimizations (its layout and
 fused kernels suit this kind of CPU and run in onnxruntime only). ``--checkpoint`` takes any format
 ``load_checkpoint`` reads (timm, the authors' release, transformers); without it the weights are random. Files are
@@ -39,7 +40,8 @@ def main(argv=None):
                         help="accepted difference to PyTorch relative to each output's largest magnitude")
     parser.add_argument('--atol', type=float, default=1e-4,
                         help='accepted absolute difference on top of --rtol (the floor for near-zero outputs)')
-    parser.add_argument('--opset', type=int, default=18, help='ONNX opset (20 and later: GELU as one Gelu node)')
+    parser.add_argument('--opset', type=int, default=20,
+                        help='ONNX opset (from 20: GELU as one Gelu node; 18: as Erf arithmetic)')
     parser.add_argument('--static', type=parse_size, metavar='HxW',
                         help='a file for this input size only (checked at it; the batch stays dynamic)')
     parser.add_argument('--check-runtimes', nargs='+', default=['onnxruntime'], choices=RUNTIMES,
