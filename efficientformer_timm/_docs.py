@@ -148,13 +148,20 @@ def performance_page(root: str) -> str:
 
 
 def headline(root: str) -> str:
-    """The README's three figures, from the saved runs."""
+    """The README's figures, from the saved runs."""
     runs = load_runs(root)
     rows = {(r['model'], r['size'], r['batch'], r['variant']): r for r in runs['inference']['results']}
     lines = ['| figure | measured |', '|---|---|']
     for model in ('efficientformer_l1', 'efficientformerv2_s0'):
         ours, resnet = rows[(model, '800x1333', 1, 'ours_fused_channels_last')], rows[(model, '800x1333', 1, 'resnet50')]
         lines.append(f'| {model} features at 800x1333 (fused, channels_last) / resnet50 features, CPU | '
+                     f"{ours['median_ms'] / resnet['median_ms']:.2f}x ({_ms(ours['median_ms'])} / "
+                     f"{_ms(resnet['median_ms'])} ms) |")
+    deploy = {(r['model'], r['size'], r['batch'], r['variant']): r for r in runs['deploy']['results']}
+    for runtime in ('onnxruntime', 'openvino'):
+        ours = deploy[('efficientformer_l1', '800x1333', 1, f'ours_{runtime}')]
+        resnet = deploy[('efficientformer_l1', '800x1333', 1, f'resnet50_{runtime}')]
+        lines.append(f'| efficientformer_l1 features at 800x1333 in {runtime} / resnet50 features in {runtime}, CPU | '
                      f"{ours['median_ms'] / resnet['median_ms']:.2f}x ({_ms(ours['median_ms'])} / "
                      f"{_ms(resnet['median_ms'])} ms) |")
     train = {(r['model'], r['size'], r['batch'], r['variant']): r for r in runs['train']['results']}

@@ -111,18 +111,20 @@ def ablation_variants(name, size, ours, **kwargs):
 
 
 class ExportedFiles:
-    """The ONNX files of a run's runtime variants, exported once each into a temporary folder."""
+    """The ONNX files of a run's runtime variants, exported once each into a temporary folder, with the network
+    each came from (a later size builds new networks, with other random weights)."""
 
     def __init__(self):
         self.folder = tempfile.TemporaryDirectory(prefix='efficientformer_benchmark_')
-        self.paths = {}
+        self.paths, self.networks = {}, {}
 
-    def path(self, key, model, static_size=None):
+    def export(self, key, model, static_size=None):
+        """(path, the network it was exported from) of file ``key``, exporting ``model`` the first time."""
         if key not in self.paths:
             path = os.path.join(self.folder.name, f'{key}.onnx')
             export_onnx(model, path, static_size=static_size)
-            self.paths[key] = path
-        return self.paths[key]
+            self.paths[key], self.networks[key] = path, model
+        return self.paths[key], self.networks[key]
 
 
 def runtime_variants(name, size, fused, resnet, runtimes, threads, files, names=None):
@@ -132,13 +134,13 @@ def runtime_variants(name, size, fused, resnet, runtimes, threads, files, names=
     variants = {}
     x = torch.randn(1, 3, *size)
     for runtime in runtimes:
-        wanted = {f'ours_{runtime}': (fused, lambda: files.path(f'{name}_fused', fused)),
-                  f'ours_{runtime}_static': (fused, lambda: files.path(
-                      f'{name}_fused_{size[0]}x{size[1]}', fused, size)),
-                  f'resnet50_{runtime}': (resnet, lambda: files.path('resnet50', resnet))}
-        for key, (network, path) in wanted.items():
+        wanted = {f'ours_{runtime}': lambda: files.export(f'{name}_fused', fused),
+                  f'ours_{runtime}_static': lambda: files.export(f'{name}_fused_{size[0]}x{size[1]}', fused, size),
+                  f'resnet50_{runtime}': lambda: files.export('resnet50', resnet)}
+        for key, export in wanted.items():
             if names is None or key in names:
-                variants[key] = RuntimeFeatures(path(), runtime, threads)
+                path, network = export()
+                variants[key] = RuntimeFeatures(path, runtime, threads)
                 with torch.no_grad():
                     diff, share = outputs_match(variants[key](x), network(x))
                 if share > 1:
@@ -277,8 +279,10 @@ def peak_memory_mb(step, model, x, device, autocast_dtype):
 
 
 def print_profile(model, x, autocast_dtype, label, rows=8):
-    """Where one inference step spends its time: the top operators by self time, as shares."""
+    """Where one inference step spends its time: the top operators by self time, as shares. A step runs first: the
+    first one at a new size also computes the attention biases, which eval then caches."""
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if x.is_cuda else [ProfilerActivity.CPU]
+    infer(model, x, autocast_dtype)
     with profile(activities=activities) as prof:
         infer(model, x, autocast_dtype)
     key = (lambda e: e.self_device_time_total) if x.is_cuda else (lambda e: e.self_cpu_time_total)

@@ -246,12 +246,18 @@ def test_runtime_variants_are_checked_files_timed_beside_pytorch(capsys):
     assert 'gflops' in rows[1] and 'gflops' not in rows[3]
     assert '| efficientformer_l1 | 96x128 | 1 | ours_openvino |' in capsys.readouterr().out
 
-    broken = copy.deepcopy(fused)  # the file (already exported) against another network: refused before timing
+    # a later size builds a new network: the file already exported is checked against the network it came from
+    other = benchmark.fuse_batchnorm(randomize_(timm.create_model('efficientformer_l1', features_only=True, **small),
+                                                seed=1)).eval()
+    again = benchmark.runtime_variants('efficientformer_l1', (64, 160), other, resnet, ('onnxruntime',), 1, files,
+                                       names=['ours_onnxruntime'])
+    assert again['ours_onnxruntime'].path == variants['ours_onnxruntime'].path
+    # a file that does not compute its network is refused before it is timed
     with torch.no_grad():
-        broken.model.stages[3].downsample.conv.weight.mul_(2)
+        files.networks['efficientformer_l1_fused'].model.stages[3].downsample.conv.weight.mul_(2)
     with pytest.raises(RuntimeError, match='ours_onnxruntime differs from PyTorch'):
-        benchmark.runtime_variants('efficientformer_l1', (96, 128), broken.eval(), resnet, ('onnxruntime',), 1,
-                                   files, names=['ours_onnxruntime'])
+        benchmark.runtime_variants('efficientformer_l1', (96, 128), other, resnet, ('onnxruntime',), 1, files,
+                                   names=['ours_onnxruntime'])
 
 
 def _rows(model, **ms):
