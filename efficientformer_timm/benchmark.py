@@ -14,7 +14,7 @@ Variants, each a module that maps an image batch to a list of feature maps:
 With ``runtimes`` (CPU): the exported files in onnxruntime / OpenVINO, on the benchmark's threads:
   ours_<runtime>      the file ``tools/export_onnx.py --fuse-bn`` writes (dynamic sizes)
   ours_<runtime>_static  the same fused network exported for the measured size only (``--static``: the attention
-              biases constant)
+              biases folded by the runtime at load)
   resnet50_<runtime>  resnet50's features exported the same way (dynamic sizes)
 Training (``build_train_variants``): ours, ours_channels_last, mm_backbone, authors_backbone, resnet50,
 resnet50_channels_last, and mm_backbone_compiled (``compile_model``: its network's forward through torch.compile,

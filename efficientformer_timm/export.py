@@ -4,7 +4,7 @@
 The default graph takes ``image`` (B, 3, H, W) for any H, W >= 64 and returns ``feature0``, ``feature1``, ... (one
 per out index, NCHW). The attention-bias resize is part of the graph (two small interpolation matrices built from
 the input size), so one file serves every input size. ``static_size`` exports for one size (the batch stays
-dynamic): the biases become constants. Every file is checked against PyTorch in the runtime it is meant for
+dynamic): the biases then depend on constants only, which the runtimes fold once when they load the file. Every file is checked against PyTorch in the runtime it is meant for
 (``check_onnx``).
 """
 import os
@@ -38,7 +38,7 @@ def build_features_model(model_name: str, checkpoint=None, out_indices=(0, 1, 2,
 def export_onnx(model, path: str, opset: int = 20, static_size: Optional[Tuple[int, int]] = None) -> None:
     """Write ``model`` (a features_only network in eval) to ``path`` with dynamic batch, height and width, or for
     inputs of ``static_size`` (H, W) only (dynamic batch). From opset 20 (the default) GELU is one ``Gelu`` node,
-    which onnxruntime runs without leaving its blocked convolution layout; opset 18 spells it with ``Erf``."""
+    one kernel in the runtimes; opset 18 spells it as ``Erf`` and four elementwise operations."""
     num_outputs = len(model.feature_info.out_indices)
     size = tuple(static_size) if static_size else (224, 224)
     if min(size) < MIN_INPUT_SIZE:

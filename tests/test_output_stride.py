@@ -5,7 +5,6 @@ import torch
 from timm.models import create_feature_extractor
 
 from efficientformer_timm.efficientformer import GridMetaBlock2d
-from efficientformer_timm.export import check_onnx, export_onnx
 from helpers import ALL_MODELS, randomize_
 
 
@@ -71,7 +70,8 @@ def test_dilated_stages_compute_the_strided_stages_on_a_finer_grid(name, checked
             torch.testing.assert_close(out[..., ::factor, ::factor][..., inner, inner], ref[..., inner, inner])
 
 
-# depth-reduced variants: scripting, tracing and export do not depend on the number of blocks
+# depth-reduced variants: scripting and tracing do not depend on the number of blocks (the ONNX export of a dilated
+# model: tests/test_fusion_export.py::test_static_export_of_a_dilated_model)
 SMALL = {'efficientformer_l1': dict(depths=(1, 1, 2, 2), num_vit=1),
          'efficientformerv2_s0': dict(depths=(1, 1, 2, 2), num_vit=1, mlp_ratios=4)}
 
@@ -94,17 +94,6 @@ def test_output_stride_scripts_and_traces(name):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     for a, b in zip(fx_maps[:3], eager[:3]):  # V1's last stage gives tokens there, the features their map
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
-def test_output_stride_exports_to_onnx(tmp_path):
-    """V2 (its strided attention keeps its stride, its attention downsample turns into full-grid queries)."""
-    model = randomize_(timm.create_model(
-        'efficientformerv2_s0', features_only=True, output_stride=8, **SMALL['efficientformerv2_s0'])).eval()
-    path = str(tmp_path / 'dilated.onnx')
-    export_onnx(model, path)
-    results = check_onnx(model, path, [(96, 130), (128, 64)], batch=1)
-    assert results[1][1] == [(1, 32, 32, 16), (1, 48, 16, 8), (1, 96, 16, 8), (1, 176, 16, 8)]
-    assert max(share for _, _, _, share in results) <= 1
 
 
 @pytest.mark.parametrize('value', [4, 64, '16'])
