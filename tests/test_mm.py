@@ -119,21 +119,9 @@ def _toy_det_model():
 
 
 def test_detector_loss_and_predict_at_odd_sizes():
-    from mmdet.testing import demo_mm_inputs
     model = _toy_det_model()
-    torch.manual_seed(0)
-    packed = demo_mm_inputs(2, [(3, 200, 333), (3, 251, 190)], num_items=[3, 2], num_classes=3, with_mask=True)
-    data = model.data_preprocessor(packed, True)
-    losses = model(**data, mode='loss')
-    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v)
-                for k, v in losses.items() if 'loss' in k)
-    assert torch.isfinite(total)
-    total.backward()
+    _detector_step(model)
     assert all(p.grad is not None for n, p in model.backbone.named_parameters() if 'stages.0' in n)
-    model.eval()
-    with torch.no_grad():
-        results = model(**model.data_preprocessor(packed, False), mode='predict')
-    assert len(results) == 2 and results[0].pred_instances.bboxes.shape[1] == 4
 
 
 def _detector_step(model):
@@ -170,6 +158,7 @@ def _segmentor_step(model, size=(130, 171)):
     model.eval()
     with torch.no_grad():
         data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False)
+        assert data['inputs'].shape[-2:] == (h, w)  # predict mode runs the backbone at the odd size
         results = model(**data, mode='predict')
     assert results[0].pred_sem_seg.data.shape == (1, h, w)
     return losses
@@ -225,26 +214,10 @@ def test_mmpretrain_timm_backbone_configs(path, pretrained_env):
 
 
 def test_segmentor_loss_and_predict_at_odd_sizes():
-    from mmseg.structures import SegDataSample
     cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', 'toy', 'semfpn_l1_toy.py'))
     init_default_scope('mmseg')
-    model = MODELS.build(cfg.model)
-    samples = []
-    for h, w in [(200, 333), (200, 333)]:
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, h, w)))
-        samples.append(sample)
-    inputs = [torch.randint(0, 255, (3, 200, 333), dtype=torch.uint8) for _ in samples]
-    data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True)
-    losses = model(**data, mode='loss')
-    losses['decode.loss_ce'].backward()
+    losses = _segmentor_step(MODELS.build(cfg.model), (200, 333))
     assert torch.isfinite(losses['decode.loss_ce'])
-    model.eval()
-    with torch.no_grad():
-        data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False)
-        assert data['inputs'].shape[-2:] == (200, 333)  # predict mode runs the backbone at the odd size
-        results = model(**data, mode='predict')
-    assert results[0].pred_sem_seg.data.shape == (1, 200, 333)
 
 
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])

@@ -65,12 +65,11 @@ def main(argv=None):
     try:
         with atomic_output(args.output, inputs=tuple(filter(None, [args.checkpoint]))) as tmp:
             export_onnx(model, tmp, args.opset, args.static)
-            _check(model, tmp, args, args.output)
+            _check(model, tmp, args.check_runtimes, args, args.output)
             if args.onnxruntime_optimized:
                 with atomic_output(args.onnxruntime_optimized) as optimized:
                     onnxruntime_session(tmp, optimized_path=optimized)
-                    _check(model, optimized, dict(vars(args), check_runtimes=['onnxruntime']),
-                           args.onnxruntime_optimized)
+                    _check(model, optimized, ['onnxruntime'], args, args.onnxruntime_optimized)
     except (RuntimeError, ValueError, ImportError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -80,19 +79,18 @@ def main(argv=None):
     return 0
 
 
-def _check(model, path, args, name):
-    """Every check size in every runtime of ``args``, printed; RuntimeError naming ``name`` when one is outside the
-    tolerance."""
-    args = args if isinstance(args, dict) else vars(args)
-    for runtime in args['check_runtimes']:
-        results = check_onnx(model, path, args['check_sizes'], rtol=args['rtol'], atol=args['atol'], runtime=runtime)
+def _check(model, path, runtimes, args, name):
+    """Every check size of ``args`` in every one of ``runtimes``, printed; RuntimeError naming ``name`` when one is
+    outside the tolerance."""
+    for runtime in runtimes:
+        results = check_onnx(model, path, args.check_sizes, rtol=args.rtol, atol=args.atol, runtime=runtime)
         for (h, w), shapes, diff, ratio in results:
             print(f'{h}x{w}: outputs {", ".join("x".join(map(str, s)) for s in shapes)}; '
                   f'max |{runtime} - torch| = {diff:.2e} ({ratio:.2g} of the tolerance)')
         (h, w), _, diff, ratio = max(results, key=lambda r: r[3])
         if ratio > 1:
             raise RuntimeError(f'{runtime} differs from PyTorch by {diff:.2e} at {h}x{w}, {ratio:.3g} times '
-                               f"--atol {args['atol']} + --rtol {args['rtol']} x the output scale; {name} not written")
+                               f'--atol {args.atol} + --rtol {args.rtol} x the output scale; {name} not written')
 
 
 if __name__ == '__main__':
