@@ -18,13 +18,22 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'attention_logits', 'biased_attention',
-           'relative_offset_index', 'resize_offset_table', 'tracing_or_compiling']
+           'explicit_attention', 'mix_heads', 'relative_offset_index', 'resize_offset_table', 'tracing_or_compiling']
 
 # From this many query x key pairs on, V1's attention on CUDA goes through scaled_dot_product_attention and its
 # fused kernels. CPU's only fused SDPA kernel needs equal q / k / v head sizes (V1's are 32 / 32 / 128), so there
 # SDPA runs its math path, which makes more passes over the (N, N) maps than the explicit form: CPU always uses the
 # explicit form.
 SDPA_MIN_PAIRS = 256 * 256
+
+# On CPU, inference computes attention maps larger than twice this many bytes a block of query rows at a time: a
+# block's maps stay in the caches from the logits through bias, talking heads and softmax to the product with the
+# values, where whole maps (tens of MB at detection sizes) would make each of those passes through memory.
+CPU_BLOCK_BYTES = 2 << 20
+CPU_MIN_BLOCK_ROWS = 16  # fewer rows make the matrix products of a block inefficient
+
+# V2's talking heads: the weight and bias of the 1x1 convolutions across heads before and after the softmax
+TalkingHeads = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]
 
 
 def tracing_or_compiling() -> bool:
@@ -33,6 +42,59 @@ def tracing_or_compiling() -> bool:
     if not torch.jit.is_scripting():
         return torch.jit.is_tracing() or is_fx_symbolic_tracing() or torch.compiler.is_compiling()
     return False
+
+
+def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 1x1 convolution (``weight``, ``bias``) across the heads of (B, heads, N, M) attention maps (V2's talking
+    heads), as one batched matrix product with the bias added in the same kernel: PyTorch's CPU convolution takes
+    its slow im2col path for these maps of few channels and many pixels."""
+    B, heads, N, M = attn.shape
+    weight = weight.reshape(1, heads, heads).expand(B, -1, -1)
+    flat = attn.reshape(B, heads, N * M)
+    mixed = torch.bmm(weight, flat) if bias is None else torch.baddbmm(bias.reshape(1, heads, 1), weight, flat)
+    return mixed.reshape(B, heads, N, M)
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """q @ k^T * scale + bias. The (B, heads, Nq, Nk) maps are the large tensors on large grids: q is scaled
+    instead, and the bias is added in place."""
+    return ((q * scale) @ k.transpose(-2, -1)).add_(bias)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                       talking_heads: Optional[TalkingHeads] = None) -> torch.Tensor:
+    """softmax(q @ k^T * scale + bias) @ v, the maps mixed across heads before and after the softmax by
+    ``talking_heads`` when given; in blocks of query rows for large maps in eager CPU inference
+    (``CPU_BLOCK_BYTES``). TorchScript, which cannot read the module's constants, and traced graphs compute whole
+    maps."""
+    if not torch.jit.is_scripting():
+        if not tracing_or_compiling():
+            return _attention_in_blocks(q, k, v, bias, scale, talking_heads)
+    return _attention_rows(q, k, v, bias, scale, talking_heads)
+
+
+def _attention_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                         talking_heads: Optional[TalkingHeads]) -> torch.Tensor:
+    B, heads, Nq, _ = q.shape
+    row_bytes = B * heads * k.shape[-2] * q.element_size()
+    recording = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type != 'cpu' or recording or Nq * row_bytes < 2 * CPU_BLOCK_BYTES:
+        return _attention_rows(q, k, v, bias, scale, talking_heads)
+    rows = max(CPU_MIN_BLOCK_ROWS, CPU_BLOCK_BYTES // row_bytes)
+    blocks = [_attention_rows(q[:, :, start:start + rows], k, v, bias[..., start:start + rows, :], scale,
+                              talking_heads) for start in range(0, Nq, rows)]
+    return torch.cat(blocks, dim=2)
+
+
+def _attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                    talking_heads: Optional[TalkingHeads]) -> torch.Tensor:
+    attn = attention_logits(q, k, bias, scale)
+    if talking_heads is not None:
+        attn = mix_heads(attn, talking_heads[0], talking_heads[1])
+    attn = attn.softmax(dim=-1)
+    if talking_heads is not None:
+        attn = mix_heads(attn, talking_heads[2], talking_heads[3])
+    return attn @ v
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -46,13 +108,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
         use_sdpa = not tracing_or_compiling() and q.is_cuda and pairs >= SDPA_MIN_PAIRS
     if use_sdpa:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    return attention_logits(q, k, bias, scale).softmax(dim=-1) @ v
-
-
-def attention_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
-    """q @ k^T * scale + bias. The (B, heads, Nq, Nk) maps are the large tensors on large grids: q is scaled
-    instead, and the bias is added in place."""
-    return ((q * scale) @ k.transpose(-2, -1)).add_(bias)
+    return explicit_attention(q, k, v, bias, scale)
 
 
 def antialiased_bicubic_weights(in_size: int, out_size: int, device: Optional[torch.device] = None) -> torch.Tensor:

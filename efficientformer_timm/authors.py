@@ -39,7 +39,7 @@ def _attention2d(self, x):
     B, _, H, W = x.shape
     q, k, v, v_local = self._qkv(x)
     h, w = v_local.shape[-2:]
-    attn = (q @ k) * self.scale + self.attention_bias((h, w), q.dtype)
+    attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias((h, w), q.dtype)
     attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
     x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
     if self.stride_conv is not None:
@@ -52,7 +52,7 @@ def _attention2d_downsample(self, x):
     B, _, H, W = x.shape
     q, k, v, v_local = self._qkv(x)
     h, w = v_local.shape[-2:]
-    attn = ((q @ k) * self.scale + self.attention_bias((H, W), q.dtype)).softmax(dim=-1)
+    attn = ((q @ k.transpose(-2, -1)) * self.scale + self.attention_bias((H, W), q.dtype)).softmax(dim=-1)
     x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
     return self.proj(self.act(x))
 

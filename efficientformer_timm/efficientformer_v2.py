@@ -21,22 +21,11 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.efficientformer_v2 import ConvMlpWithNorm, ConvNorm, LocalGlobalQuery, Stem4
 
-from ._bias import GridAttentionBias
+from ._bias import GridAttentionBias, explicit_attention
 from ._common import EfficientFormerBase, build_efficientformer, ceil_div, checkpoint_filter_fn, pretrained_cfg
 from .variants import EFFICIENTFORMERV2_ARCHS
 
 __all__ = ['EfficientFormerV2', 'EFFICIENTFORMERV2_ARCHS']
-
-
-def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 1x1 convolution (``weight``, ``bias``) across the heads of (B, heads, N, M) attention maps (talking heads),
-    as one batched matrix product with the bias added in the same kernel: PyTorch's CPU convolution takes its slow
-    im2col path for these maps of few channels and many pixels."""
-    B, heads, N, M = attn.shape
-    weight = weight.reshape(1, heads, heads).expand(B, -1, -1)
-    flat = attn.reshape(B, heads, N * M)
-    mixed = torch.bmm(weight, flat) if bias is None else torch.baddbmm(bias.reshape(1, heads, 1), weight, flat)
-    return mixed.reshape(B, heads, N, M)
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -78,10 +67,10 @@ class MapAttention(GridAttentionBias):
         return x
 
     def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, heads, Nq, d) queries, (B, heads, d, N) keys, (B, heads, N, d) values and the local value map."""
+        """(B, heads, Nq, d) queries, (B, heads, N, d) keys and values, and the local value map."""
         x = self._attended(x)
         q = map_to_heads(self.q(x), self.num_heads)
-        k = map_to_heads(self.k(x), self.num_heads).transpose(-2, -1)
+        k = map_to_heads(self.k(x), self.num_heads)
         v = self.v(x)
         v_local = self.v_local(v)
         return q, k, map_to_heads(v, self.num_heads), v_local
@@ -126,13 +115,10 @@ class Attention2d(MapAttention):
         q, k, v, v_local = self._qkv(x)
         h, w = v_local.shape[-2:]
 
-        # the (B, heads, N, N) maps are the large tensors at detection sizes: scale q instead, add the bias in place
-        attn = ((q * self.scale) @ k).add_(self.attention_bias((h, w), q.dtype))
-        attn = mix_heads(attn, self.talking_head1.weight, self.talking_head1.bias)
-        attn = attn.softmax(dim=-1)
-        attn = mix_heads(attn, self.talking_head2.weight, self.talking_head2.bias)
-
-        x = heads_to_map(attn @ v, h, w, like=v_local) + v_local
+        talking_heads = (self.talking_head1.weight, self.talking_head1.bias,
+                         self.talking_head2.weight, self.talking_head2.bias)
+        attn = explicit_attention(q, k, v, self.attention_bias((h, w), q.dtype), self.scale, talking_heads)
+        x = heads_to_map(attn, h, w, like=v_local) + v_local
         if self.stride_conv is not None:
             x = F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
         return self.proj(self.act(x))
@@ -167,9 +153,8 @@ class Attention2dDownsample(MapAttention):
 
         # explicit attention: here (q and v head sizes 16 / 64, Nq != Nk) scaled_dot_product_attention takes
         # its slower math path on CPU
-        attn = ((q * self.scale) @ k).add_(self.attention_bias((H, W), q.dtype))
-        attn = attn.softmax(dim=-1)
-        x = heads_to_map(attn @ v, h, w, like=v_local) + v_local
+        attn = explicit_attention(q, k, v, self.attention_bias((H, W), q.dtype), self.scale)
+        x = heads_to_map(attn, h, w, like=v_local) + v_local
         return self.proj(self.act(x))
 
 

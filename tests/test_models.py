@@ -9,6 +9,7 @@ import timm.models.efficientformer as timm_v1
 import timm.models.efficientformer_v2 as timm_v2
 
 from efficientformer_timm import EfficientFormer, EfficientFormerV2
+from efficientformer_timm import _bias
 from efficientformer_timm._bias import relative_offset_index
 from efficientformer_timm.efficientformer import WindowAveragePooling
 from helpers import ALL_MODELS, randomize_
@@ -200,6 +201,56 @@ def test_bias_cache_in_eval_and_gradients_in_train(name):
     sum(f.sum() for f in model(torch.randn(2, 3, 320, 480))).backward()
     assert all(a.attention_biases.grad is not None and a.attention_biases.grad.abs().sum() > 0 for a in attns)
     assert all(not a.attention_bias_cache for a in attns)
+
+
+def _count_row_blocks(monkeypatch):
+    calls = []
+    rows = _bias._attention_rows
+    monkeypatch.setattr(_bias, '_attention_rows', lambda q, *args: calls.append(q.shape[-2]) or rows(q, *args))
+    return calls
+
+
+def test_attention_in_query_row_blocks_is_the_whole_map_attention(monkeypatch):
+    """CPU inference computes large maps a block of query rows at a time: the output of the whole-map form with
+    V2's talking heads as 1x1 convolution modules (the authors' arithmetic), with and without talking heads; with
+    autograd recording, whole maps."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 8, n, d, generator=gen, dtype=torch.float64)
+               for n, d in [(300, 16), (500, 16), (500, 64)])
+    bias = torch.randn(8, 300, 500, generator=gen, dtype=torch.float64)
+    heads = [torch.nn.Conv2d(8, 8, 1).double() for _ in range(2)]
+    talking_heads = (heads[0].weight, heads[0].bias, heads[1].weight, heads[1].bias)
+    calls = _count_row_blocks(monkeypatch)
+    rows = _bias.CPU_BLOCK_BYTES // (8 * 500 * 8)  # 9.6 MB of float64 maps: 65 rows a block
+    with torch.no_grad():
+        logits = q @ k.transpose(-2, -1) * 0.25 + bias
+        for mixing, want in [(None, logits.softmax(-1) @ v),
+                             (talking_heads, heads[1](heads[0](logits).softmax(-1)) @ v)]:
+            calls.clear()
+            got = _bias.explicit_attention(q, k, v, bias, 0.25, mixing)
+            assert calls == [rows] * 4 + [300 - 4 * rows]
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    _bias.explicit_attention(q.requires_grad_(), k, v, bias, 0.25).sum().backward()
+    assert calls == [300]
+
+
+@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
+def test_models_compute_the_same_in_query_row_blocks(name, monkeypatch):
+    """Every attention of the model (V1's, V2's strided and downsample attentions) in blocks of 16 query rows
+    (small blocks make a small input use them): the features of whole maps."""
+    model = randomize_(timm.create_model(name, features_only=True)).double().eval()
+    x = torch.randn(1, 3, 224, 290, dtype=torch.float64)
+    calls = _count_row_blocks(monkeypatch)
+    with torch.no_grad():
+        want = model(x)
+        whole = len(calls)
+        monkeypatch.setattr(_bias, 'CPU_BLOCK_BYTES', 1024)
+        calls.clear()
+        got = model(x)
+    assert len(calls) > whole and set(calls[:-1]) >= {16}
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_classes_are_ours():
