@@ -81,6 +81,28 @@ def test_fused_blocks_run_onednn_kernels_in_cpu_inference_only(name, num_blocks,
     assert_matches([o.detach() for o in outputs])
 
 
+@pytest.mark.parametrize('name,kwargs,halo', [('efficientformer_l1', {}, 0),
+                                              ('efficientformerv2_s0', {'output_stride': 16}, 2)])
+def test_fused_mlps_in_row_bands_compute_what_whole_maps_do(name, kwargs, halo, monkeypatch):
+    """Channels_last fused inference runs large MLPs a band of rows of one image at a time (V2's read with a halo
+    for the depthwise convolution, two rows where output_stride dilates it): one-row bands here, batch 2, an odd
+    size, the unfused model's features."""
+    model = randomize_(timm.create_model(name, features_only=True, **kwargs)).eval()
+    fast = fuse_batchnorm(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 97, 131)
+    inputs = []
+    onednn_conv = fuse._onednn_conv
+    monkeypatch.setattr(fuse, '_onednn_conv',
+                        lambda x, *args, **kw: inputs.append(x.shape) or onednn_conv(x, *args, **kw))
+    monkeypatch.setattr(fuse, 'MLP_BAND_BYTES', 1)
+    with torch.no_grad():
+        for a, b in zip(fast(x.contiguous(memory_format=torch.channels_last)), model(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    first_convs = inputs[::3] if halo else inputs[::2]  # each band's first convolution reads the band and its halo
+    assert {shape[0] for shape in inputs} == {1} and max(shape[2] for shape in first_convs) == 1 + 2 * halo
+    assert len(inputs) > 2 * 97 // 4  # at least the bands of both images of the first stage
+
+
 def test_fuse_bn_option_loads_then_fuses(tmp_path):
     source = randomize_(timm.create_model('efficientformer_l1')).eval()
     torch.save(source.state_dict(), tmp_path / 'l1.pth')
