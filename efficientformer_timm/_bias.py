@@ -18,7 +18,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'attention_logits', 'biased_attention',
-           'explicit_attention', 'mix_heads', 'relative_offset_index', 'resize_offset_table', 'tracing_or_compiling']
+           'explicit_attention', 'mix_heads', 'offset_table_bias', 'relative_offset_index', 'resize_offset_table', 'tracing_or_compiling']
 
 # From this many query x key pairs on, V1's attention on CUDA goes through scaled_dot_product_attention and its
 # fused kernels. CPU's only fused SDPA kernel needs equal q / k / v head sizes (V1's are 32 / 32 / 128), so there
@@ -148,6 +148,27 @@ def relative_offset_index(
     return index.reshape(dy.shape[0] * dx.shape[0], height * width)
 
 
+def offset_table_bias(table: torch.Tensor, grid: Tuple[int, int], query_stride: int = 1) -> torch.Tensor:
+    """The (heads, Nq, H * W) bias of a (heads, H * W) offset table for keys on ``grid`` and queries on every
+    ``query_stride``-th point: ``table[:, relative_offset_index(grid, query_stride)]``, gathered in two steps with
+    small indices. The columns first: ``by_column[h, qx, dy, kx] = table[h, dy, |qx - kx|]``; then the rows, whole
+    rows of ``by_column`` at ``(qx, |qy - ky|)``. (One gather would build an Nq x N index, the size of the bias, in
+    every run of a dynamic-size ONNX file.)"""
+    height, width = grid
+    heads = table.shape[0]
+    ky = torch.arange(height, device=table.device)
+    kx = torch.arange(width, device=table.device)
+    dy = (ky[::query_stride, None] - ky[None, :]).abs()  # (Qh, H)
+    dx = (kx[::query_stride, None] - kx[None, :]).abs()  # (Qw, W)
+    queries_y, queries_x = dy.shape[0], dx.shape[0]
+    # index_select (one ONNX Gather per step; advanced indexing exports as GatherND)
+    by_column = table.reshape(heads, height, width).index_select(2, dx.flatten())
+    by_column = by_column.reshape(heads, height, queries_x, width).transpose(1, 2)  # (heads, Qw, H, W)
+    rows = torch.arange(queries_x, device=table.device)[None, :, None] * height + dy[:, None, :]  # (Qh, Qw, H)
+    bias = by_column.reshape(heads, queries_x * height, width).index_select(1, rows.flatten())
+    return bias.reshape(heads, queries_y * queries_x, height * width)
+
+
 def resize_offset_table(table: torch.Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> torch.Tensor:
     """A (heads, h0 * w0) offset table resized to (heads, h1 * w1): antialiased bicubic over the offsets."""
     rows = antialiased_bicubic_weights(from_size[0], to_size[0], device=table.device)
@@ -225,10 +246,7 @@ class GridAttentionBias(nn.Module):
         # valid for every input size
         if tracing_or_compiling() or grid[0] != self.table_size[0] or grid[1] != self.table_size[1]:
             table = resize_offset_table(table, self.table_size, grid)
-            index = relative_offset_index(grid, self.query_stride, device=table.device)
-        else:
-            index = self.attention_bias_idxs
-        return table[:, index]
+        return offset_table_bias(table, grid, self.query_stride)
 
     def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         if torch.jit.is_scripting():

@@ -179,6 +179,14 @@ def test_strided_query_offset_index():
     assert index[1 * 2 + 1, 4 * 4 + 0].item() == 2 * 4 + 2
 
 
+@pytest.mark.parametrize('grid', [(5, 4), (7, 7), (1, 6), (13, 21)])
+@pytest.mark.parametrize('query_stride', [1, 2])
+def test_bias_gathered_in_two_steps_is_the_offset_index_gather(grid, query_stride):
+    table = torch.randn(3, grid[0] * grid[1])
+    want = table[:, relative_offset_index(grid, query_stride)]
+    torch.testing.assert_close(_bias.offset_table_bias(table, grid, query_stride), want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
 def test_bias_cache_in_eval_and_gradients_in_train(name):
     model = randomize_(timm.create_model(name, features_only=True))
