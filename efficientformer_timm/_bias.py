@@ -67,10 +67,18 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     ``talking_heads`` when given; in blocks of query rows for large maps in eager CPU inference
     (``CPU_BLOCK_BYTES``). TorchScript, which cannot read the module's constants, and traced graphs compute whole
     maps."""
-    if not torch.jit.is_scripting():
-        if not tracing_or_compiling():
-            return _attention_in_blocks(q, k, v, bias, scale, talking_heads)
-    return _attention_rows(q, k, v, bias, scale, talking_heads)
+    if torch.jit.is_scripting():
+        out = _attention_rows(q, k, v, bias, scale, talking_heads)
+    else:  # TorchScript compiles no else branch of is_scripting()
+        blocks = not tracing_or_compiling()
+        out = (_attention_in_blocks if blocks else _attention_rows)(q, k, v, bias, scale, talking_heads)
+    if talking_heads is not None:
+        second_bias = talking_heads[3]
+        if second_bias is not None:
+            # the second head mix adds its bias to every weight of a head's map: to each output row, that bias times
+            # the head's sum of values (a (B, heads, 1, d) term instead of a pass over the maps)
+            out = out + second_bias.view(1, -1, 1, 1) * v.sum(dim=-2, keepdim=True)
+    return out
 
 
 def _attention_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
@@ -86,14 +94,30 @@ def _attention_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     return torch.cat(blocks, dim=2)
 
 
+def _records_gradient(param: torch.Tensor) -> bool:
+    """Whether autograd records this forward for ``param``; always True in FX symbolic tracing (a graph for any
+    use)."""
+    if not torch.jit.is_scripting():
+        if is_fx_symbolic_tracing():
+            return True
+    return torch.is_grad_enabled() and param.requires_grad
+
+
 def _attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
                     talking_heads: Optional[TalkingHeads]) -> torch.Tensor:
+    """The attention of queries ``q``; the second head mix's bias is left to the caller."""
     attn = attention_logits(q, k, bias, scale)
     if talking_heads is not None:
-        attn = mix_heads(attn, talking_heads[0], talking_heads[1])
+        # the first head mix's bias adds one constant to every row of a head's map, which the softmax takes out: it
+        # is left out where no gradient is recorded for it (to autograd it stays a used parameter, as distributed
+        # training wants)
+        first_bias = talking_heads[1]
+        if first_bias is not None and not _records_gradient(first_bias):
+            first_bias = None
+        attn = mix_heads(attn, talking_heads[0], first_bias)
     attn = attn.softmax(dim=-1)
     if talking_heads is not None:
-        attn = mix_heads(attn, talking_heads[2], talking_heads[3])
+        attn = mix_heads(attn, talking_heads[2], None)
     return attn @ v
 
 

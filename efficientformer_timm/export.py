@@ -47,7 +47,7 @@ def export_onnx(model, path: str, opset: int = 20, static_size: Optional[Tuple[i
     dims = {0: torch.export.Dim('batch', max=1024)}
     if not static_size:
         dims.update({2: torch.export.Dim('height', min=MIN_INPUT_SIZE), 3: torch.export.Dim('width', min=MIN_INPUT_SIZE)})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():  # an inference graph: what runs without autograd
         # torch.export's own deprecation chatter about pytree internals, not about this model
         warnings.filterwarnings('ignore', category=FutureWarning, module='copyreg')
         torch.onnx.export(

@@ -221,7 +221,7 @@ def _count_row_blocks(monkeypatch):
 def test_attention_in_query_row_blocks_is_the_whole_map_attention(monkeypatch):
     """CPU inference computes large maps a block of query rows at a time: the output of the whole-map form with
     V2's talking heads as 1x1 convolution modules (the authors' arithmetic), with and without talking heads; with
-    autograd recording, whole maps."""
+    autograd recording, whole maps and the same gradients."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 8, n, d, generator=gen, dtype=torch.float64)
                for n, d in [(300, 16), (500, 16), (500, 64)])
@@ -238,9 +238,17 @@ def test_attention_in_query_row_blocks_is_the_whole_map_attention(monkeypatch):
             got = _bias.explicit_attention(q, k, v, bias, 0.25, mixing)
             assert calls == [rows] * 4 + [300 - 4 * rows]
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # with autograd: whole maps, the gradients of the whole-map form (the first head mix's bias included: zero)
     calls.clear()
-    _bias.explicit_attention(q.requires_grad_(), k, v, bias, 0.25).sum().backward()
+    q.requires_grad_()
+    params = [q, *talking_heads]
+    got = _bias.explicit_attention(q, k, v, bias, 0.25, talking_heads)
+    want = heads[1](heads[0](q @ k.transpose(-2, -1) * 0.25 + bias).softmax(-1)) @ v
     assert calls == [300]
+    weights = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), params),
+                    torch.autograd.grad((want * weights).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
