@@ -53,19 +53,23 @@ def _gelu_approximation(act: nn.Module) -> Optional[str]:
 
 
 def _onednn_conv(x: torch.Tensor, conv: nn.Conv2d, gelu: Optional[str] = None,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``gelu(conv(x))`` or ``conv(x) + residual`` as one oneDNN kernel."""
+                 residual: Optional[torch.Tensor] = None, into_residual: bool = False) -> torch.Tensor:
+    """``gelu(conv(x))`` or ``conv(x) + residual`` as one oneDNN kernel; ``into_residual`` writes the sum into
+    ``residual``."""
     args = (conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    if residual is not None and into_residual:
+        return torch.ops.mkldnn._convolution_pointwise_(residual, x, *args, 'add', 1.0, None, [], None)
     if residual is not None:
         return torch.ops.mkldnn._convolution_pointwise(x, residual, *args, 'add', 1.0, None, [], None)
     return torch.ops.mkldnn._convolution_pointwise(x, *args, 'gelu', [], gelu)
 
 
-def _mlp_in_row_bands(x: torch.Tensor, hidden_channels: int, halo: int, mlp) -> torch.Tensor:
+def _mlp_in_row_bands(x: torch.Tensor, hidden_channels: int, halo: int, mlp, in_place: bool = False) -> torch.Tensor:
     """``mlp(rows, first, count)`` over bands of rows of each image of a channels_last (B, C, H, W) map: ``rows``
     is the band (a contiguous block of the map) with up to ``halo`` rows either side, ``first`` and ``count`` say
     which of its rows the band's output is. One call on the whole map when an image's hidden map is smaller than
-    two bands or the map is not channels_last (a band of a contiguous map is a strided view)."""
+    two bands or the map is not channels_last (a band of a contiguous map is a strided view). ``in_place``: ``mlp``
+    writes its output into the rows it read (no halo), and ``x`` is returned."""
     height, width = x.shape[-2:]
     row_bytes = hidden_channels * width * x.element_size()
     if height * row_bytes < 2 * MLP_BAND_BYTES or not x.is_contiguous(memory_format=torch.channels_last):
@@ -78,7 +82,10 @@ def _mlp_in_row_bands(x: torch.Tensor, hidden_channels: int, halo: int, mlp) -> 
             stop = min(start + rows, height)
             first = max(start - halo, 0)
             bands.append(mlp(image[:, :, first:min(stop + halo, height)], start - first, stop - start))
-        images.append(torch.cat(bands, dim=2))
+        if not in_place:
+            images.append(torch.cat(bands, dim=2))
+    if in_place:
+        return x
     return torch.cat(images) if len(images) > 1 else images[0]
 
 
@@ -123,9 +130,10 @@ class FoldedMetaBlock2d(_FoldedBlock):
         mixer = self.token_mixer
         average = mixer.average(x) if hasattr(mixer, 'average') else mixer.pool(x)
         x = torch.lerp(x, average, self.ls1.gamma.view(-1, 1, 1))
+        # the MLP's residual sum is written into x, a tensor of this forward's own
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         return _mlp_in_row_bands(x, fc1.out_channels, 0, lambda rows, first, count: _onednn_conv(
-            _onednn_conv(rows, fc1, self.gelus[0]), fc2, residual=rows))
+            _onednn_conv(rows, fc1, self.gelus[0]), fc2, residual=rows, into_residual=True), in_place=True)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         if self._use_onednn(x):
