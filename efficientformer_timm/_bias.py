@@ -18,7 +18,8 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['GridAttentionBias', 'antialiased_bicubic_weights', 'attention_logits', 'biased_attention',
-           'explicit_attention', 'mix_heads', 'offset_table_bias', 'relative_offset_index', 'resize_offset_table', 'tracing_or_compiling']
+           'explicit_attention', 'mix_heads', 'offset_table_bias', 'relative_offset_index', 'resize_offset_table',
+           'tracing_or_compiling']
 
 # From this many query x key pairs on, V1's attention on CUDA goes through scaled_dot_product_attention and its
 # fused kernels. CPU's only fused SDPA kernel needs equal q / k / v head sizes (V1's are 32 / 32 / 128), so there
@@ -89,6 +90,9 @@ def _attention_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     if q.device.type != 'cpu' or recording or Nq * row_bytes < 2 * CPU_BLOCK_BYTES:
         return _attention_rows(q, k, v, bias, scale, talking_heads)
     rows = max(CPU_MIN_BLOCK_ROWS, CPU_BLOCK_BYTES // row_bytes)
+    # laid out once so that batch and heads fold into one batch of matrix products (a copy only where they do not,
+    # as for several images of a channels_last V2 map): a block's product would otherwise copy all of k and v
+    q, k, v = (t.reshape(B * heads, t.shape[2], t.shape[3]).view(t.shape) for t in (q, k, v))
     blocks = [_attention_rows(q[:, :, start:start + rows], k, v, bias[..., start:start + rows, :], scale,
                               talking_heads) for start in range(0, Nq, rows)]
     return torch.cat(blocks, dim=2)

@@ -254,9 +254,10 @@ def test_attention_in_query_row_blocks_is_the_whole_map_attention(monkeypatch):
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
 def test_models_compute_the_same_in_query_row_blocks(name, monkeypatch):
     """Every attention of the model (V1's, V2's strided and downsample attentions) in blocks of 16 query rows
-    (small blocks make a small input use them): the features of whole maps."""
+    (small blocks make a small input use them), two images in channels_last: the features of whole maps."""
     model = randomize_(timm.create_model(name, features_only=True)).double().eval()
-    x = torch.randn(1, 3, 224, 290, dtype=torch.float64)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 224, 290, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     calls = _count_row_blocks(monkeypatch)
     with torch.no_grad():
         want = model(x)
