@@ -45,6 +45,13 @@ def tracing_or_compiling() -> bool:
     return False
 
 
+def _compiling_not_exporting() -> bool:
+    """True inside torch.compile, False in torch.export (ONNX), eager and TorchScript."""
+    if not torch.jit.is_scripting():
+        return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    return False
+
+
 def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """A 1x1 convolution (``weight``, ``bias``) across the heads of (B, heads, N, M) attention maps (V2's talking
     heads), as one batched matrix product with the bias added in the same kernel: PyTorch's CPU convolution takes
@@ -179,8 +186,8 @@ def relative_offset_index(
 def offset_table_bias(table: torch.Tensor, grid: Tuple[int, int], query_stride: int = 1) -> torch.Tensor:
     """The (heads, Nq, H * W) bias of a (heads, H * W) offset table for keys on ``grid`` and queries on every
     ``query_stride``-th point: ``table[:, relative_offset_index(grid, query_stride)]``, gathered in two steps with
-    small indices. The columns first: ``by_column[h, qx, dy, kx] = table[h, dy, |qx - kx|]``; then the rows, whole
-    rows of ``by_column`` at ``(qx, |qy - ky|)``. (One gather would build an Nq x N index, the size of the bias, in
+    small indices. The columns first: ``by_column[h, dy, qx, kx] = table[h, dy, |qx - kx|]``; then the rows, whole
+    rows of ``by_column`` at ``(|qy - ky|, qx)``. (One gather would build an Nq x N index, the size of the bias, in
     every run of a dynamic-size ONNX file.)"""
     height, width = grid
     heads = table.shape[0]
@@ -190,10 +197,9 @@ def offset_table_bias(table: torch.Tensor, grid: Tuple[int, int], query_stride: 
     dx = (kx[::query_stride, None] - kx[None, :]).abs()  # (Qw, W)
     queries_y, queries_x = dy.shape[0], dx.shape[0]
     # index_select (one ONNX Gather per step; advanced indexing exports as GatherND)
-    by_column = table.reshape(heads, height, width).index_select(2, dx.flatten())
-    by_column = by_column.reshape(heads, height, queries_x, width).transpose(1, 2)  # (heads, Qw, H, W)
-    rows = torch.arange(queries_x, device=table.device)[None, :, None] * height + dy[:, None, :]  # (Qh, Qw, H)
-    bias = by_column.reshape(heads, queries_x * height, width).index_select(1, rows.flatten())
+    by_column = table.reshape(heads, height, width).index_select(2, dx.flatten())  # (heads, H, Qw * W)
+    rows = dy[:, None, :] * queries_x + torch.arange(queries_x, device=table.device)[None, :, None]  # (Qh, Qw, H)
+    bias = by_column.reshape(heads, height * queries_x, width).index_select(1, rows.flatten())
     return bias.reshape(heads, queries_y * queries_x, height * width)
 
 
@@ -274,6 +280,8 @@ class GridAttentionBias(nn.Module):
         # valid for every input size
         if tracing_or_compiling() or grid[0] != self.table_size[0] or grid[1] != self.table_size[1]:
             table = resize_offset_table(table, self.table_size, grid)
+        if _compiling_not_exporting():  # inductor takes many minutes over the two-step gather's symbolic indices
+            return table[:, relative_offset_index(grid, self.query_stride, device=table.device)]
         return offset_table_bias(table, grid, self.query_stride)
 
     def attention_bias(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
