@@ -4,8 +4,8 @@
 The default graph takes ``image`` (B, 3, H, W) for any H, W >= 64 and returns ``feature0``, ``feature1``, ... (one
 per out index, NCHW). The attention-bias resize is part of the graph (two small interpolation matrices built from
 the input size), so one file serves every input size. ``static_size`` exports for one size (the batch stays
-dynamic): the biases then depend on constants only, which the runtimes fold once when they load the file. Every file is checked against PyTorch in the runtime it is meant for
-(``check_onnx``).
+dynamic): the biases then depend on constants only, which the runtimes fold once when they load the file. Every
+file is checked against PyTorch in the runtime it is meant for (``check_onnx``).
 """
 import os
 import tempfile

@@ -8,8 +8,9 @@ the file in onnxruntime (and OpenVINO) against PyTorch (``efficientformer_timm.e
 
 The graph takes ``image`` (B, 3, H, W) for any H, W >= 64 and returns ``feature0``, ``feature1``, ... (one per
 out index, NCHW); one file serves every input size. ``--static HxW`` writes a file for that size only (the
-attention biases depend on constants only, folded by the runtime when it loads the file; the batch stays dynamic). The default opset 20 writes GELU as one ``Gelu`` node
-(``--opset 18``: ``Erf`` arithmetic, for runtimes without opset 20).
+attention biases depend on constants only, folded by the runtime when it loads the file; the batch stays
+dynamic). The default opset 20 writes GELU as one ``Gelu`` node (``--opset 18``: ``Erf`` arithmetic, for runtimes
+without opset 20).
 ``--onnxruntime-optimized`` also writes the graph onnxruntime runs after its own optimizations (its layout and
 fused kernels suit this kind of CPU and run in onnxruntime only). ``--checkpoint`` takes any format
 ``load_checkpoint`` reads (timm, the authors' release, transformers); without it the weights are random. Files are
