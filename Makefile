@@ -13,7 +13,7 @@ STAMP_LATEST := $(VENV_LATEST)/.installed
 # 4.40.2, which runs in the verified stack's interpreter); not the OpenMMLab adapter, whose mmcv build needs torch 2.13
 CORE_TESTS := -m "not mm" -k "not (compile_dynamic_shapes and aot_eager)" tests/test_models.py tests/test_checkpoint.py \
 	tests/test_fusion_export.py tests/test_inputs.py tests/test_timm_compat.py tests/test_output_stride.py tests/test_routes.py tests/test_hf.py \
-	tests/test_packaging.py tests/test_docs.py
+	tests/test_packaging.py tests/test_docs.py tests/test_export_model.py
 # the inner loop while changing the models: architecture, checkpoints, timm's API (a few minutes)
 QUICK_TESTS := -m "not mm and not slow" tests/test_models.py tests/test_checkpoint.py tests/test_timm_compat.py \
 	tests/test_inputs.py
@@ -40,7 +40,7 @@ demo: $(STAMP)
 
 test: test-verified test-latest
 
-# torch.compile with dynamic shapes: inductor's code generation (L1, minutes) on the newest torch, where inductor
+# torch.compile with dynamic shapes: inductor's code generation (L1 and V2-S0) on the newest torch, where inductor
 # changes; dynamo and AOTAutograd's symbolic shapes (V2-S0) on the verified one, where the benchmark's training test
 # also runs inductor (static shapes)
 test-verified: $(STAMP)

@@ -56,10 +56,14 @@ class Attention(GridAttentionBias):
         x = x.transpose(1, 2).reshape(B, N, self.val_attn_dim)
         return self.proj(x)
 
-    def attention_probs(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        """The (B, heads, N, N) attention weights that ``forward`` applies (transformers' ``attentions``)."""
-        q, k, _ = self._qkv(x)
-        return attention_logits(q, k, self.attention_bias(grid, q.dtype), self.scale).softmax(dim=-1)
+    def forward_with_probs(self, x: torch.Tensor, grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` computed from explicit attention weights: (output, the (B, heads, N, N) weights), the weights
+        on the output's autograd path (transformers' ``attentions``)."""
+        B, N, _ = x.shape
+        q, k, v = self._qkv(x)
+        probs = attention_logits(q, k, self.attention_bias(grid, q.dtype), self.scale).softmax(dim=-1)
+        x = (probs @ v).transpose(1, 2).reshape(B, N, self.val_attn_dim)
+        return self.proj(x), probs
 
 
 class WindowAveragePooling(Pooling):
@@ -132,6 +136,14 @@ class MetaBlock1d(nn.Module):
         x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x), grid)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
+
+    def forward_with_attention(
+            self, x: torch.Tensor, grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(``forward``, the attention weights it is computed from)."""
+        attended, probs = self.token_mixer.forward_with_probs(self.norm1(x), grid)
+        x = x + self.drop_path1(self.ls1(attended))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, probs
 
 
 class EfficientFormerStage(nn.Module):
@@ -261,9 +273,12 @@ class EfficientFormer(EfficientFormerBase):
         self.norm = norm_layer_cl(embed_dims[-1], **dd)
         self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, dd)
 
-    def forward_hidden_states(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward_hidden_states(
+            self, x: torch.Tensor, attentions: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
         """transformers' ``hidden_states``: stem, then each stage's blocks and each downsample, then the
-        final tokens before the last LayerNorm (8 tensors for the 4-stage models)."""
+        final tokens before the last LayerNorm (8 tensors for the 4-stage models), each the tensor the next layer
+        reads. A list given as ``attentions`` receives the attention weights of each Meta3D block, computed
+        explicitly and used by it (transformers' ``attentions``)."""
         self._check_input(x)
         x = self.stem(x)
         hidden_states = [x]
@@ -273,7 +288,11 @@ class EfficientFormer(EfficientFormerBase):
                 hidden_states.append(x)
             grid = (x.shape[-2], x.shape[-1])
             for block in stage.blocks:
-                x = block(x, grid)
+                if attentions is not None and isinstance(block, MetaBlock1d):
+                    x, probs = block.forward_with_attention(x, grid)
+                    attentions.append(probs)
+                else:
+                    x = block(x, grid)
             hidden_states.append(x)
         return hidden_states
 

@@ -20,9 +20,13 @@ from .checkpoint import load_checkpoint
 from .fuse import fuse_batchnorm
 
 __all__ = ['build_features_model', 'export_onnx', 'check_onnx', 'share_of_tolerance', 'outputs_match',
-           'onnxruntime_session', 'openvino_model', 'RuntimeFeatures', 'RUNTIMES']
+           'onnxruntime_session', 'openvino_model', 'RuntimeFeatures', 'RUNTIMES', 'RTOL', 'ATOL']
 
 RUNTIMES = ('onnxruntime', 'openvino')
+# the tolerance of every comparison with PyTorch (``outputs_match``, ``check_onnx``, tools/export_onnx.py): an
+# output matches when max |got - expected| <= ATOL + RTOL * max |expected|
+RTOL = 1e-5
+ATOL = 1e-4
 
 
 def build_features_model(model_name: str, checkpoint=None, out_indices=(0, 1, 2, 3), fuse_bn: bool = False):
@@ -124,8 +128,8 @@ def share_of_tolerance(diff: float, tolerance: float) -> float:
     return 0.0 if diff == 0 else float('inf')
 
 
-def outputs_match(got: Sequence, expected: Sequence[torch.Tensor], rtol: float = 1e-4,
-                  atol: float = 1e-5) -> Tuple[float, float]:
+def outputs_match(got: Sequence, expected: Sequence[torch.Tensor], rtol: float = RTOL,
+                  atol: float = ATOL) -> Tuple[float, float]:
     """(max |got - expected| over the outputs, the worst output's difference as a share of its tolerance
     ``atol + rtol * max |expected|``): relative to each output's scale (fp32 rounding grows with the activations),
     with an absolute floor for near-zero outputs. ``got`` may hold tensors or numpy arrays."""
@@ -134,8 +138,8 @@ def outputs_match(got: Sequence, expected: Sequence[torch.Tensor], rtol: float =
     return max(diffs), max(shares)
 
 
-def check_onnx(model, path: str, sizes: Sequence[Tuple[int, int]], batch: int = 2, rtol: float = 1e-5,
-               atol: float = 1e-4, runtime: str = 'onnxruntime') -> List[tuple]:
+def check_onnx(model, path: str, sizes: Sequence[Tuple[int, int]], batch: int = 2, rtol: float = RTOL,
+               atol: float = ATOL, runtime: str = 'onnxruntime') -> List[tuple]:
     """Run the ONNX file in ``runtime`` ('onnxruntime' or 'openvino') and ``model`` with PyTorch on the same random
     batch at each size.
 

@@ -20,10 +20,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ['fuse_batchnorm', 'timm_state_dict', 'FoldedMetaBlock2d', 'FoldedV2Block']
 
-# The MLPs' hidden maps are the largest tensors of the first stages at detection sizes (34 MB for V2-S0, 51 MB for L1
-# at 800x1333). A channels_last map is computed a band of rows at a time: a band's hidden map of about this size
-# stays in cache, and is not one of the fresh allocations over 32 MB that glibc maps and unmaps for every block,
-# page-faulting them in each time.
+# The MLPs' hidden maps (the block's width times its MLP ratio) are the largest tensors of the first stages at
+# detection sizes. A channels_last map is computed a band of rows at a time: a band's hidden map of about this size
+# stays in the caches between the two convolutions, and is small enough for glibc to serve from its heap, where a
+# whole map would be a fresh mapping of its own, page-faulted in again at every block.
 MLP_BAND_BYTES = 4 << 20
 
 # (convolution, norm) attribute pairs of the EfficientFormer / timm modules

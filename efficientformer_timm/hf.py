@@ -274,7 +274,8 @@ class EfficientFormerPreTrainedModel(PreTrainedModel):
 
 class EfficientFormerModel(EfficientFormerPreTrainedModel):
     """``last_hidden_state`` (B, N, C) after the final LayerNorm, ``hidden_states`` as 4.40.2 gives them (stem,
-    each stage and each downsample, the final tokens), ``attentions`` of the Meta3D blocks."""
+    each stage and each downsample, the final tokens), ``attentions`` of the Meta3D blocks: the tensors the outputs
+    are computed from, so that ``retain_grad()`` on them gives their gradients."""
 
     def __init__(self, config: EfficientFormerConfig):
         super().__init__(config)
@@ -320,17 +321,8 @@ class EfficientFormerModel(EfficientFormerPreTrainedModel):
         if pixel_values is None:
             raise ValueError('You have to specify pixel_values')
 
-        attentions = []
-        hooks = [
-            block.token_mixer.register_forward_pre_hook(
-                lambda attn, args: attentions.append(attn.attention_probs(*args)))
-            for block in self.encoder.last_stage.meta3D_layers.blocks
-        ] if output_attentions else []
-        try:
-            hidden_states = self.body.forward_hidden_states(pixel_values)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        attentions = [] if output_attentions else None
+        hidden_states = self.body.forward_hidden_states(pixel_values, attentions)
         last_hidden_state = self.layernorm(hidden_states[-1])
         hidden_states = tuple(hidden_states) if output_hidden_states else None
         attentions = tuple(attentions) if output_attentions else None

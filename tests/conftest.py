@@ -1,4 +1,3 @@
-import importlib.metadata
 import os
 
 import pytest
@@ -15,13 +14,3 @@ THREADS = 1 if os.environ.get('PYTEST_XDIST_WORKER') else 2
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
-
-
-# transformers 4.40.2 (the reference, verified stack) and transformers 5 (the hf extra, newest stack) never share an
-# environment: each stack collects the transformers tests written for it, and `make test` runs both stacks
-try:
-    _TRANSFORMERS_MAJOR = int(importlib.metadata.version('transformers').split('.')[0])
-except importlib.metadata.PackageNotFoundError:  # neither the test's reference nor the hf extra installed
-    _TRANSFORMERS_MAJOR = None
-collect_ignore = {None: ['test_transformers.py', 'test_hf.py'], 4: ['test_hf.py']}.get(
-    _TRANSFORMERS_MAJOR, ['test_transformers.py'])

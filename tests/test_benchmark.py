@@ -1,6 +1,6 @@
 """tools/benchmark.py runs every variant it names, in both modes, and writes files only when asked; its variants
-(efficientformer_timm.benchmark) and the reproduction of the authors' backbone (efficientformer_timm.authors)
-compute what the model computes."""
+(tools/_benchmark_lib.py) and the reproduction of the authors' backbone (tools/_authors.py) compute what the model
+computes; the targets (tools/_targets.py) compare what they name."""
 import copy
 import json
 import os
@@ -13,7 +13,9 @@ import timm
 import torch
 from PIL import Image
 
-from efficientformer_timm import authors, benchmark
+import _authors as authors
+import _benchmark_lib as benchmark
+from _targets import target_lines
 from efficientformer_timm.efficientformer import Attention, WindowAveragePooling
 from efficientformer_timm.efficientformer_v2 import Attention2d
 from helpers import randomize_
@@ -268,12 +270,12 @@ def _rows(model, **ms):
 def test_target_lines_compare_each_runtime_with_resnet50_and_the_fast_path():
     rows = _rows('efficientformerv2_s0', ours=900., ours_fused_channels_last=500., ours_onnxruntime=330.,
                  resnet50_onnxruntime=1000., ours_openvino=360., resnet50_openvino=1000.)
-    lines = {target: (measured, met) for target, measured, met in benchmark.target_lines(rows)}
+    lines = {target: (measured, met) for target, measured, met in target_lines(rows)}
     assert lines['efficientformerv2_s0 in onnxruntime <= 0.35x resnet50 in onnxruntime'] == ('0.33x (330 / 1000 ms)',
                                                                                             True)
     assert lines['efficientformerv2_s0 in openvino <= 0.35x resnet50 in openvino'][1] is False
     assert lines['efficientformerv2_s0 in onnxruntime <= 0.80x the PyTorch fast path'] == ('0.66x (330 / 500 ms)', True)
     assert lines['efficientformerv2_s0 PyTorch fast path (fused, channels_last) >= 0.50 of the matmul GFLOP/s'] == \
         ('0.600', True)
-    l1 = {t: met for t, _, met in benchmark.target_lines(_rows('efficientformer_l1', ours_fused_channels_last=1.))}
+    l1 = {t: met for t, _, met in target_lines(_rows('efficientformer_l1', ours_fused_channels_last=1.))}
     assert l1 == {'efficientformer_l1 PyTorch fast path (fused, channels_last) >= 0.70 of the matmul GFLOP/s': False}

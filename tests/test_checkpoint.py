@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from efficientformer_timm import CheckpointError, load_checkpoint
 from efficientformer_timm._bias import relative_offset_index
 from efficientformer_timm.checkpoint import (
-    convert_file, detect_format, infer_model_name, original_to_timm, timm_to_original, transformers_to_timm)
+    detect_format, infer_model_name, original_to_timm, timm_to_original, transformers_to_timm)
+from efficientformer_timm.convert import convert_file
 from helpers import ALL_MODELS, V2_MODELS, randomize_
 
 CONVERT_TOOL = os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py')

@@ -15,6 +15,8 @@ import re
 import pytest
 import torch
 
+from _docs_lib import headline, render
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 PAGES = ['README.md'] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 FENCE = re.compile(r'(?:^<!-- docs-test: (?P<mark>[^>]*?) -->\n)?^```python\n(?P<code>.*?)^```$',
@@ -97,6 +99,39 @@ def test_links_and_paths_exist(page):
 def test_generated_tables_are_current():
     """README's models table and headline figures, docs/openmmlab.md's config list and docs/performance.md are what
     tools/render_docs.py writes from the code, mm_configs/ and docs/results/."""
-    from efficientformer_timm._docs import render
     for page, text in render(ROOT).items():
         assert open(os.path.join(ROOT, page)).read() == text, f'{page} is out of date: run python tools/render_docs.py'
+
+
+def _run(*rows):
+    return {'results': [dict(model=model, size=size, batch=batch, variant=variant, median_ms=ms)
+                        for model, size, batch, variant, ms in rows]}
+
+
+def test_headline_compares_each_side_at_its_best_and_names_both():
+    """PyTorch: the fast path against resnet50 in channels_last (not the plain resnet50 of the same run); a runtime:
+    the two files exported alike; a run without one side says which instead of comparing with another variant."""
+    inference = [(model, '800x1333', 1, variant, ms) for model in ('efficientformer_l1', 'efficientformerv2_s0')
+                 for variant, ms in (('ours', 800.), ('ours_fused_channels_last', 450.), ('resnet50', 1800.),
+                                     ('resnet50_channels_last', 1500.))]
+    deploy = [('efficientformer_l1', '800x1333', 1, variant, ms) for variant, ms in (
+        ('ours_onnxruntime', 450.), ('ours_onnxruntime_static', 300.), ('resnet50_onnxruntime', 1000.),
+        ('ours_openvino', 400.), ('resnet50_openvino', 1600.))]
+    train = [('efficientformer_l1', '512x512', 2, 'mm_backbone', 800.), ('efficientformer_l1', '512x512', 2,
+                                                                         'authors_backbone', 1000.)]
+    runs = dict(inference=_run(*inference), deploy=_run(*deploy), train=_run(*train))
+    lines = headline(runs).splitlines()[2:]
+    assert [line.rsplit(' | ', 1)[1] for line in lines] == [
+        '0.30x (450 / 1500 ms) |', '0.30x (450 / 1500 ms) |', '0.45x (450 / 1000 ms) |', '0.25x (400 / 1600 ms) |',
+        '0.80x (800 / 1000 ms) |']
+    assert lines[0].startswith('| efficientformer_l1 features at 800x1333, PyTorch, ours fused, both channels_last: '
+                              '`ours_fused_channels_last` / `resnet50_channels_last` | ')
+    assert lines[2].startswith('| efficientformer_l1 features at 800x1333, onnxruntime, both files with dynamic '
+                              'sizes: `ours_onnxruntime` / `resnet50_onnxruntime` | ')
+    assert lines[4].startswith('| efficientformer_l1 training step at 512x512, batch 2: `mm_backbone` / '
+                              '`authors_backbone` | ')
+
+    runs['inference'] = _run(*[row for row in inference if row[3] != 'resnet50_channels_last'])
+    lines = headline(runs).splitlines()[2:]
+    assert lines[0].endswith(' | not in the saved run: resnet50_channels_last |')
+    assert '1800' not in headline(runs)

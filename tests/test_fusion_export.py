@@ -16,7 +16,8 @@ from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm import fuse
 from efficientformer_timm.export import check_onnx, export_onnx, onnxruntime_session, outputs_match
 from efficientformer_timm.fuse import FoldedMetaBlock2d, FoldedV2Block, fuse_batchnorm, timm_state_dict
-from helpers import made_once, randomize_
+from efficientformer_timm.variants import EFFICIENTFORMER_ARCHS
+from helpers import ALL_MODELS, made_once, randomize_
 
 EXPORT_ONNX = os.path.join(os.path.dirname(__file__), '..', 'tools', 'export_onnx.py')
 
@@ -130,24 +131,43 @@ def test_cached_bias_equals_resize_every_forward(name):
     assert all(not m.attention_bias_cache for m in reference.modules() if hasattr(m, 'attention_bias_cache'))
 
 
-@pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s0'])
-def test_torchscript_trace(name):
-    model = randomize_(timm.create_model(name, features_only=True)).eval()
-    x = torch.randn(1, 3, 256, 352)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, x, check_trace=False)
-        for a, b in zip(traced(x), model(x)):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+def _fewer_blocks(name):
+    """``name``'s widths and kinds of blocks with one or two blocks a stage: V1's last stage keeps pooling blocks
+    before its attention blocks (L7's has attention blocks only), and several of those where the variant has them;
+    V2 keeps blocks of both MLP ratios and one attention block in stages 2 and 3."""
+    if 'v2' in name:
+        return dict(depths=(1, 1, 2, 2), num_vit=1, mlp_ratios=(4, 4, (3, 4), (3, 4)))
+    arch = EFFICIENTFORMER_ARCHS[name.split('_')[-1]]
+    num_vit = min(arch['num_vit'], 2)
+    return dict(depths=(1, 1, 1, num_vit + (arch['depths'][3] > arch['num_vit'])), num_vit=num_vit)
 
 
-@pytest.mark.parametrize('name', ['efficientformer_l3', 'efficientformerv2_s2'])
-def test_channels_last_fused_matches(name):
-    model = randomize_(timm.create_model(name, features_only=True)).eval()
-    fast = fuse_batchnorm(copy.deepcopy(model)).to(memory_format=torch.channels_last)
-    x = torch.randn(1, 3, 203, 301)
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_scripted_traced_and_fused_models_equal_eager(name):
+    """Every variant (widths, numbers of attention blocks) through TorchScript, torch.jit.trace, FX and BatchNorm
+    fusion (contiguous and channels_last), classification and features_only, at a small odd size (TorchScript at most
+    128 pixels a side, as timm's own tests script). Fewer blocks a stage: these paths work per kind of block."""
+    small = _fewer_blocks(name)
+    model = randomize_(timm.create_model(name, drop_path_rate=0., **small)).eval()
+    weights = dict(pretrained=True, pretrained_cfg_overlay=dict(state_dict=model.state_dict()), **small)
+    features = timm.create_model(name, features_only=True, **weights).eval()
+    fx_features = timm.create_model(name, features_only=True, feature_cls='fx', **weights).eval()
+    x = torch.randn(2, 3, 97, 126)
     with torch.no_grad():
-        for a, b in zip(fast(x.contiguous(memory_format=torch.channels_last)), model(x)):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        logits, maps = model(x), features(x)
+        assert [tuple(m.shape[-2:]) for m in maps] == [(25, 32), (13, 16), (7, 8), (4, 4)]
+        for variant in (torch.jit.script(model), torch.jit.trace(model, x, check_trace=False),
+                        torch.fx.symbolic_trace(model), fuse_batchnorm(copy.deepcopy(model))):
+            torch.testing.assert_close(variant(x), logits, rtol=0, atol=1e-5)
+        fused = fuse_batchnorm(copy.deepcopy(features))
+        for variant, inputs in [(torch.jit.script(features), x), (torch.jit.trace(features, x, check_trace=False), x),
+                                (fx_features, x), (fused, x),
+                                (copy.deepcopy(fused).to(memory_format=torch.channels_last),
+                                 x.contiguous(memory_format=torch.channels_last))]:
+            for a, b in zip(variant(inputs), maps, strict=True):
+                if a.dim() == 3:  # V1's last stage as FX extracts it: its (B, N, C) tokens
+                    a = a.transpose(1, 2).reshape(b.shape)
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize('table', [7, 4])
@@ -285,11 +305,12 @@ def test_onnx_check_is_relative_to_each_output_scale(v2_onnx):
     assert max(ratio for _, _, _, ratio in check_onnx(other, path, sizes)) > 1
 
 
-# inductor's code generation for a dynamic-shape graph takes minutes: V2-S0 goes through dynamo and AOTAutograd with
-# symbolic shapes (the graph, its decompositions, one graph for every size), L1 through inductor; `make test` runs the
-# first on the verified stack (where the benchmark's training test runs inductor with static shapes) and the second on
-# the newest torch
-@pytest.mark.parametrize('name,backend', [('efficientformer_l1', 'inductor'), ('efficientformerv2_s0', 'aot_eager')])
+# dynamo and AOTAutograd with symbolic shapes (the graph, its decompositions, one graph for every size) for V2-S0, and
+# inductor's dynamic-shape code generation for L1 and V2-S0 (talking heads, the attention downsample, the gather of
+# the bias from its resized table); `make test` runs the first on the verified stack (where the benchmark's training
+# test runs inductor with static shapes) and inductor on the newest torch
+@pytest.mark.parametrize('name,backend', [('efficientformer_l1', 'inductor'), ('efficientformerv2_s0', 'inductor'),
+                                          ('efficientformerv2_s0', 'aot_eager')])
 def test_torch_compile_dynamic_shapes(name, backend):
     from torch._dynamo.utils import counters
     # depth-reduced: compile time grows with the number of blocks, while every kind of block is still compiled

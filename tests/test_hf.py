@@ -4,6 +4,7 @@
 that has it (``EFT_REFERENCE_PYTHON``, by default the verified stack's ``.venv``), writes folders saved by 4.40.2
 with its outputs and preprocessing, and loads folders saved here back in 4.40.2.
 """
+import importlib.metadata
 import json
 import os
 import re
@@ -11,6 +12,12 @@ import subprocess
 
 import numpy as np
 import pytest
+
+# the hf extra, on the newest stack; the verified stack has transformers 4.40.2 (tests/test_transformers.py)
+if importlib.metadata.version('transformers').split('.')[0] == '4':
+    pytest.skip('needs transformers 5 (the hf extra, .venv-latest); transformers 4.40.2 is tested by '
+                'test_transformers.py', allow_module_level=True)
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -176,11 +183,27 @@ def test_losses_as_440_chooses_them():
     torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
 
 
-def test_attentions_stay_in_the_graph():
-    model = hf.EfficientFormerModel(hf.EfficientFormerConfig()).train()
-    out = model(torch.randn(1, 3, 128, 128), output_attentions=True)
-    assert out.attentions[0].shape == (1, 8, 16, 16) and out.attentions[0].grad_fn is not None
-    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 8, 16))
+@pytest.mark.parametrize('cls', ['EfficientFormerModel', 'EfficientFormerForImageClassification',
+                                 'EfficientFormerForImageClassificationWithTeacher', 'EfficientFormerBackbone'])
+def test_returned_hidden_states_and_attentions_are_on_the_autograd_path(cls):
+    """transformers' common check (``test_retain_grad_hidden_states_attentions``) for every returned tensor: after
+    ``retain_grad()`` the backward pass of the first output reaches each hidden state and attention (saliency
+    methods read these gradients), so each is the tensor the output is computed from."""
+    config = hf.EfficientFormerConfig(**dict(TINY, depths=[1, 1, 1, 3], num_meta3d_blocks=2), num_labels=3,
+                                      out_features=ALL_STAGES)
+    model = getattr(hf, cls)(config).train()
+    attentions = cls != 'EfficientFormerBackbone'  # the backbone refuses output_attentions
+    out = model(torch.randn(2, 3, 96, 64), output_hidden_states=True, output_attentions=attentions)
+    returned = list(out.hidden_states) + (list(out.attentions) if attentions else [])
+    assert len(out.hidden_states) == (8 if attentions else 5) and len(returned) == (10 if attentions else 5)
+    if attentions:
+        assert [a.shape for a in out.attentions] == [(2, 2, 6, 6)] * 2
+        torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 2, 6))
+    for tensor in returned:
+        tensor.retain_grad()
+    first = out[0][-1] if cls == 'EfficientFormerBackbone' else out[0]  # the backbone's: its feature maps
+    first.flatten()[0].backward()
+    assert [i for i, tensor in enumerate(returned) if tensor.grad is None or not tensor.grad.abs().sum() > 0] == []
 
 
 def test_auto_classes_follow_architectures():

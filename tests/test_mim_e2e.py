@@ -1,13 +1,16 @@
 """`mim train` / `mim test` / `--resume` end to end on CPU, on synthetic data in the real formats.
 
 Each framework's training runs once through the `mim train` command line (custom_imports, the Runner the config
-names, its hooks); evaluating its checkpoint, resuming it and a diverging run then use that same Runner in this
-process, as `mim test` and `mim train --resume` build it (tools/test.py and tools/train.py set ``load_from`` /
-``resume`` and call ``Runner.test`` / ``Runner.train``). Two-process training goes through `mim` and torchrun.
+names, its hooks). Semantic FPN's checkpoint is then evaluated with `mim test --checkpoint` and resumed with
+`mim train --resume`, and a diverging run goes through `mim train` too (its exit status and message); Mask R-CNN's
+checkpoint is evaluated and resumed with that same Runner in this process, as `mim test` and `mim train --resume`
+build it (tools/test.py and tools/train.py set ``load_from`` / ``resume`` and call ``Runner.test`` /
+``Runner.train``). Both resumed runs continue bit for bit. Two-process training goes through `mim` and torchrun.
 """
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,11 +35,12 @@ JOBS = {
 }
 
 
-def _run(args, env, cwd):
+def _run(args, env, cwd, fails=False):
+    """stdout and stderr of a successful run (of a failed one with ``fails``)."""
     # the computation of this process's runs, thread for thread: bit-identical losses across the two
     env = dict(env, OMP_NUM_THREADS=str(torch.get_num_threads()))
     out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert (out.returncode != 0) == fails, out.stdout[-4000:] + out.stderr[-4000:]
     return out.stdout + out.stderr
 
 
@@ -88,27 +92,37 @@ def test_mim_train_test_resume(framework, tmp_path, monkeypatch):
     (make_coco if job['data'] == 'coco' else make_ade20k)(str(data) + '/', n_train=8, n_val=4, size=128)
     monkeypatch.setenv(job['env'], str(data) + '/')
     work = tmp_path / 'work'
-    _run([MIM, 'train', framework, job['config'], '--work-dir', str(work), '--cfg-options',
-          *(f'{k}={v}' for k, v in SHORT.items())], dict(os.environ), ROOT)
+    options = ['--cfg-options', *(f'{k}={v}' for k, v in SHORT.items())]
+    _run([MIM, 'train', framework, job['config'], '--work-dir', str(work), *options], dict(os.environ), ROOT)
 
     losses = _train_losses(work, job['loss'])
     assert len(losses) == 12 and all(map(lambda v: v == v and abs(v) < 1e4, losses))  # finite
     assert sum(losses[-4:]) < sum(losses[:4]), losses  # decreasing
     assert os.path.isfile(work / 'iter_12.pth')
 
-    # `mim test --checkpoint`: the mmengine checkpoint loads under torch's weights_only default
-    runner, _ = _runner(job, tmp_path / 'test', {}, load_from=str(work / 'iter_12.pth'))
-    metrics = runner.test()
-    assert job['metric'] in metrics and 0 <= metrics[job['metric']] <= (100 if framework == 'mmseg' else 1)
+    # the mmengine checkpoint loads under torch's weights_only default
+    command_line = framework == 'mmseg'
+    if command_line:
+        log = _run([MIM, 'test', framework, job['config'], '--checkpoint', str(work / 'iter_12.pth'), '--work-dir',
+                    str(tmp_path / 'test')], dict(os.environ), ROOT)
+        metric = float(re.findall(rf'\b{job["metric"]}: (\S+)', log)[-1])
+    else:
+        runner, _ = _runner(job, tmp_path / 'test', {}, load_from=str(work / 'iter_12.pth'))
+        metric = runner.test()[job['metric']]
+    assert 0 <= metric <= (100 if framework == 'mmseg' else 1)
 
     # an interruption after the iteration-6 checkpoint: a fresh work dir holding only that checkpoint, resumed
     resumed = tmp_path / 'resumed'
     resumed.mkdir()
     shutil.copy(work / 'iter_6.pth', resumed / 'iter_6.pth')
     (resumed / 'last_checkpoint').write_text(str(resumed / 'iter_6.pth'))
-    runner, log_file = _runner(job, resumed, SHORT, resume=True, load_from=None)
-    runner.train()
-    log = open(log_file).read()
+    if command_line:
+        log = _run([MIM, 'train', framework, job['config'], '--work-dir', str(resumed), '--resume', *options],
+                   dict(os.environ), ROOT)
+    else:
+        runner, log_file = _runner(job, resumed, SHORT, resume=True, load_from=None)
+        runner.train()
+        log = open(log_file).read()
     assert 'resumed epoch: 0, iter: 6' in log
     assert 'Iter(train) [ 7/12]' in log and 'Iter(train) [ 6/12]' not in log
     # the run continues exactly as if never interrupted: same losses, then the same weights, optimizer and
@@ -134,18 +148,18 @@ def test_distributed_two_cpu_processes(tmp_path):
     assert os.path.isfile(work / 'iter_2.pth')
 
 
-def test_diverging_run_stops_before_a_poisoned_checkpoint(tmp_path, monkeypatch):
-    """An absurd learning rate makes the second loss NaN; the run stops with the message and the
-    latest checkpoint stays the last good one."""
+def test_diverging_run_stops_before_a_poisoned_checkpoint(tmp_path):
+    """An absurd learning rate makes the second loss NaN; `mim train` exits with the message and the latest
+    checkpoint stays the last good one."""
     data = tmp_path / 'data'
     make_ade20k(str(data) + '/', n_train=4, n_val=2, size=128)
-    monkeypatch.setenv('TOY_ADE20K_ROOT', str(data) + '/')
     work = tmp_path / 'work'
-    runner, _ = _runner(JOBS['mmseg'], work, {
-        'train_cfg.max_iters': 4, 'train_cfg.val_interval': 4, 'default_hooks.checkpoint.interval': 1,
-        'default_hooks.logger.interval': 1, 'optim_wrapper.optimizer.lr': 1e30, 'train_dataloader.batch_size': 2})
-    with pytest.raises(RuntimeError, match='loss is nan at iteration 2: training stopped before writing a checkpoint'):
-        runner.train()
+    options = {'train_cfg.max_iters': 4, 'train_cfg.val_interval': 4, 'default_hooks.checkpoint.interval': 1,
+               'default_hooks.logger.interval': 1, 'optim_wrapper.optimizer.lr': 1e30, 'train_dataloader.batch_size': 2}
+    log = _run([MIM, 'train', 'mmseg', JOBS['mmseg']['config'], '--work-dir', str(work), '--cfg-options',
+                *(f'{k}={v}' for k, v in options.items())], dict(os.environ, TOY_ADE20K_ROOT=str(data) + '/'), ROOT,
+               fails=True)
+    assert 'RuntimeError: loss is nan at iteration 2: training stopped before writing a checkpoint' in log, log[-4000:]
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
     assert (work / 'last_checkpoint').read_text().strip() == str(work / 'iter_1.pth')
     state = torch.load(work / 'iter_1.pth', map_location='cpu', weights_only=False)['state_dict']

@@ -18,7 +18,8 @@ from mmengine.structures import PixelData
 
 from efficientformer_timm import CheckpointError
 from efficientformer_timm._bias import GridAttentionBias, resize_offset_table
-from efficientformer_timm.checkpoint import convert_file, timm_to_original
+from efficientformer_timm.checkpoint import timm_to_original
+from efficientformer_timm.convert import convert_file
 from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 from efficientformer_timm.mm import EfficientFormerBackbone
 from efficientformer_timm.variants import V1_MODEL_NAMES
@@ -194,7 +195,7 @@ MMPRETRAIN_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'mm_configs', 'mmpretra
 def test_mmpretrain_timm_backbone_configs(path, pretrained_env):
     """mmpretrain's generic TIMMBackbone builds this package's model by its timm name, with ImageNet weights from
     the configured file, and trains at odd sizes."""
-    pytest.importorskip('mmpretrain')
+    import mmpretrain  # noqa: F401  (the mmpretrain extra, installed with the OpenMMLab stack)
     cfg = Config.fromfile(path)
     recipe, scope = _recipe(path)
     init_default_scope(scope)
@@ -452,16 +453,22 @@ def _offline_hub(monkeypatch, cache):
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
 
 
-def test_init_cfg_hub_id_from_a_prepared_cache(tmp_path, monkeypatch):
-    """timm's hub id, as the real configs name it, read from the Hugging Face cache with no network."""
+def _cache_hub_weights(cache, repo_id, model):
+    """``model``'s weights as the ``model.safetensors`` of hub repository ``repo_id`` in the Hugging Face cache
+    folder ``cache``."""
     from safetensors.torch import save_file
-    repo = tmp_path / 'models--timm--efficientformerv2_s0.snap_dist_in1k'
+    repo = cache / ('models--' + repo_id.replace('/', '--'))
     commit = '0123456789abcdef0123456789abcdef01234567'
     (repo / 'refs').mkdir(parents=True)
     (repo / 'refs' / 'main').write_text(commit)
     (repo / 'snapshots' / commit).mkdir(parents=True)
+    save_file(model.state_dict(), repo / 'snapshots' / commit / 'model.safetensors')
+
+
+def test_init_cfg_hub_id_from_a_prepared_cache(tmp_path, monkeypatch):
+    """timm's hub id, as the real configs name it, read from the Hugging Face cache with no network."""
     source = randomize_(timm.create_model('efficientformerv2_s0'))
-    save_file(source.state_dict(), repo / 'snapshots' / commit / 'model.safetensors')
+    _cache_hub_weights(tmp_path, 'timm/efficientformerv2_s0.snap_dist_in1k', source)
     _offline_hub(monkeypatch, tmp_path)
     for checkpoint in ('timm/efficientformerv2_s0.snap_dist_in1k', 'hf-hub:timm/efficientformerv2_s0.snap_dist_in1k'):
         _assert_backbone_matches(_init_backbone('efficientformerv2_s0', checkpoint), source)
@@ -485,13 +492,35 @@ def test_init_cfg_hub_id_offline_without_cache(tmp_path, monkeypatch):
         backbone.check_init_checkpoint()
 
 
-def test_real_configs_name_timm_hub_weights(monkeypatch):
-    for key in list(os.environ):
-        if re.fullmatch(r'EFFICIENTFORMER_\w+_CKPT', key):
-            monkeypatch.delenv(key)
-    for path in CONFIGS:
-        backbone = Config.fromfile(path).model.backbone
-        assert backbone.init_cfg.checkpoint == f'timm/{backbone.model_name}.snap_dist_in1k', path
+def _environment_variables_of_configs():
+    """{config file: the environment variables it reads itself} over mm_configs/, bases included."""
+    files = glob.glob(os.path.join(ROOT, 'mm_configs', '**', '*.py'), recursive=True)
+    return {path: set(re.findall(r'\{\{\$(\w+):', open(path).read())) for path in sorted(files)}
+
+
+def test_every_config_reads_its_documented_defaults_with_no_variable_set(monkeypatch):
+    """With none of the configs' environment variables set, every config that reads one parses (mmengine refuses
+    an empty default) and names timm's hub weights and the default data folders (a base's own variables are
+    read through the configs that inherit it)."""
+    variables = _environment_variables_of_configs()
+    for name in set().union(*variables.values()):
+        monkeypatch.delenv(name, raising=False)
+    readers = [path for path, names in variables.items() if names and os.sep + '_base_' + os.sep not in path]
+    assert len(readers) == 22  # the 18 model configs, the two mmpretrain ones and the two toy ones
+    for path in readers:
+        cfg = Config.fromfile(path)
+        backbone = cfg.model.backbone
+        hub_id = f'timm/{backbone.model_name}.snap_dist_in1k'
+        if backbone.type == 'mmpretrain.TIMMBackbone':
+            assert backbone.pretrained and backbone.pretrained_cfg_overlay == dict(hf_hub_id=hub_id), path
+        elif os.sep + 'toy' + os.sep in path:
+            assert backbone.init_cfg is None, path  # trained from scratch
+        else:
+            assert backbone.init_cfg.checkpoint == hub_id, path
+        toy = os.sep + 'toy' + os.sep in path
+        expected_root = {'mmdet': 'demo_out/toy_coco/' if toy else 'data/coco/',
+                         'mmseg': 'demo_out/toy_ade20k' if toy else 'data/ade/ADEChallengeData2016'}
+        assert cfg.train_dataloader.dataset.data_root == expected_root[_recipe(path)[1]], path
 
 
 @pytest.mark.parametrize('name', ['efficientformer_l1', 'efficientformerv2_s1'])
@@ -552,34 +581,42 @@ def test_missing_init_checkpoint_fails_when_the_runner_builds(tmp_path):
     assert isinstance(EfficientFormerRunner.from_cfg(cfg), EfficientFormerRunner)
 
 
-_PAGE_FAULTS = """
-import resource, sys, torch
+# glibc's own statistics before and after the setting, in a process of its own (the setting lasts for the process)
+_LARGE_BLOCKS = """
+import ctypes, json
 from efficientformer_timm.mm.runner import keep_freed_cpu_memory
-if sys.argv[1] == 'keep':
-    assert keep_freed_cpu_memory()
-torch.set_num_threads(1)
-conv = torch.nn.Conv2d(48, 192, 1)
-x = torch.randn(4, 48, 128, 128)
-def faults():  # minor page faults of a training step whose activations and gradients are 50 MB tensors
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.nn.functional.gelu(conv(x)).square().mean().backward()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults(), faults()
-print(sum(faults() for _ in range(3)))
+
+class Mallinfo2(ctypes.Structure):  # malloc.h
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def large_block():
+    # a 64 MB block: bytes it adds to the separately mapped blocks and to the heap's used bytes, then the change of
+    # the heap's size when it is freed
+    before = libc.mallinfo2()
+    block = libc.malloc(64 << 20)
+    held = libc.mallinfo2()
+    libc.free(block)
+    after = libc.mallinfo2()
+    return held.hblkhd - before.hblkhd, held.uordblks - before.uordblks, after.arena - held.arena
+print(json.dumps([large_block(), keep_freed_cpu_memory(), large_block()]))
 """
 
 
-def test_keeping_freed_cpu_memory_stops_most_page_faults_of_large_blocks():
-    faults = {}
-    for mode in ('default', 'keep'):
-        done = subprocess.run([sys.executable, '-c', _PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
-        faults[mode] = int(done.stdout.split()[-1])
-    # glibc's default maps each block over 32 MB afresh: three steps fault in several 50 MB tensors each (4 KB pages,
-    # or 2 MB huge pages)
-    assert faults['default'] >= 3 * 3 * 50 * 2 ** 20 // (2 << 20), faults
-    # kept, most blocks are reused; where glibc's alignment slack leaves a freed block just too small for the same
-    # request again, a step still takes one fresh block
-    assert faults['keep'] * 3 <= faults['default'], faults
+def test_keeping_freed_cpu_memory_serves_large_blocks_from_a_heap_never_trimmed():
+    """glibc maps a block over 32 MB on its own and unmaps it when freed; kept, the block comes from the heap and
+    freeing it leaves the heap its size."""
+    import json
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('MALLOC_', 'GLIBC_TUNABLES'))}
+    done = subprocess.run([sys.executable, '-c', _LARGE_BLOCKS], capture_output=True, text=True, check=True, env=env)
+    default, applied, kept = json.loads(done.stdout.splitlines()[-1])
+    assert default[0] >= 64 << 20 and default[1] == 0, default
+    assert applied is True
+    assert kept[0] == 0 and kept[1] >= 64 << 20 and kept[2] == 0, kept
 
 
 @pytest.mark.parametrize('setting', [None, True, False])
@@ -734,7 +771,8 @@ def test_authors_checkpoint_converts_to_the_released_config(config, tmp_path):
     source = _released_model(config, random_weights=True)
     src = str(tmp_path / 'authors.pth')
     torch.save({'meta': {'mmdet_version': '2.19.0'}, 'state_dict': _authors_checkpoint(source)}, src)
-    assert convert_file(src, str(tmp_path / 'converted.pth')) == os.path.join('mm_configs', 'released', config)
+    assert convert_file(src, str(tmp_path / 'converted.pth')) == os.path.realpath(
+        os.path.join(ROOT, 'mm_configs', 'released', config))
     converted = _released_model(config)
     load_checkpoint(converted, str(tmp_path / 'converted.pth'), strict=True)
     # the input size their bias grid was made for (800 for COCO, 512 for ADE20K), and an odd one
@@ -762,3 +800,56 @@ def test_released_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match='no attention_biases_seg tables'):
         convert_file(src, out)
     assert sorted(os.listdir(tmp_path)) == ['authors.pth']
+
+
+@pytest.mark.parametrize('config', ['upernet_l1_ade20k.py', 'upernet_v2_s2_ade20k.py'])
+def test_upernet_recipe_decays_no_norm_and_no_attention_bias(config):
+    """The recipe's promise, in the optimizer it builds: every parameter of every normalisation layer (found by
+    type, whatever its name: V2's BatchNorms are ``.bn``, ``.norm1``, ...) and every attention bias table is in a
+    group without weight decay; convolution and linear weights keep the recipe's decay."""
+    from mmengine.optim import build_optim_wrapper
+    from torch import nn
+    from torch.nn.modules.batchnorm import _BatchNorm
+    cfg = Config.fromfile(os.path.join(ROOT, 'mm_configs', config))
+    cfg.model.backbone.init_cfg = None
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    decay = {id(p): group['weight_decay'] for group in optimizer.param_groups for p in group['params']}
+    assert len(decay) == len(list(model.parameters()))
+    norms = [(name, p) for name, m in model.named_modules() if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm))
+             for p in m.parameters(recurse=False)]
+    biases = [(name, m.attention_biases) for name, m in model.named_modules() if isinstance(m, GridAttentionBias)]
+    weights = [(name, m.weight) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    backbone_norms = {type(m) for m in model.backbone.modules() if isinstance(m, (_BatchNorm, nn.LayerNorm))}
+    assert nn.BatchNorm2d in backbone_norms and biases and weights
+    assert [name for name, p in norms + biases if decay[id(p)] != 0] == []
+    assert {decay[id(p)] for _, p in weights} == {cfg.optim_wrapper.optimizer.weight_decay} == {0.01}
+
+
+@pytest.mark.parametrize('path', MMPRETRAIN_CONFIGS, ids=os.path.basename)
+def test_mmpretrain_configs_take_timm_hub_weights_with_no_variable_set(path, tmp_path, monkeypatch, request):
+    """Unset, the checkpoint variable leaves timm's hub repository to timm: offline with no cached copy the build
+    fails with huggingface_hub's message; with the repository in the Hugging Face cache its weights load."""
+    import mmpretrain  # noqa: F401  (the mmpretrain extra, installed with the OpenMMLab stack)
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.utils import reset_sessions
+    for name in set().union(*_environment_variables_of_configs().values()):
+        monkeypatch.delenv(name, raising=False)
+    cfg = Config.fromfile(path)
+    init_default_scope(_recipe(path)[1])
+    name = cfg.model.backbone.model_name
+    _offline_hub(monkeypatch, tmp_path)
+    reset_sessions()  # timm's download opens a session in offline mode: no request leaves the machine
+    request.addfinalizer(reset_sessions)  # later requests open a session in the mode restored by then
+    with pytest.raises(LocalEntryNotFoundError, match='cannot find the requested files in the local cache') as error:
+        MODELS.build(cfg.model.backbone)
+    assert isinstance(error.value.__cause__, OfflineModeIsEnabled)
+    source = randomize_(timm.create_model(name))
+    _cache_hub_weights(tmp_path, f'timm/{name}.snap_dist_in1k', source)
+    timm_model = MODELS.build(cfg.model.backbone).timm_model
+    source = dict(source.named_parameters())
+    for key, value in timm_model.named_parameters():
+        # the getter wrapper keeps the network as .model; FeatureListNet flattens stem / stages (stages_0.blocks...)
+        key = key[len('model.'):] if key.startswith('model.') else key.replace('_', '.', 1)
+        torch.testing.assert_close(value, source[key], rtol=0, atol=0)

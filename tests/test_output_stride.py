@@ -1,4 +1,6 @@
 """output_stride 8 / 16 (dilated later stages) and timm's ViT-style dynamic_img_size flag."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -68,6 +70,53 @@ def test_dilated_stages_compute_the_strided_stages_on_a_finer_grid(name, checked
             assert out.shape[-2:] == (40, 40) and ref.shape[-2:] == (40 // factor, 40 // factor)
             inner = slice(3, 40 // factor - 3)  # the border, where zero padding meets other pixels, differs
             torch.testing.assert_close(out[..., ::factor, ::factor][..., inner, inner], ref[..., inner, inner])
+
+
+def _zero_attention_biases(module):
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith('attention_biases'):
+                param.zero_()
+
+
+@pytest.mark.parametrize('name', ['efficientformerv2_s0', 'efficientformerv2_l'])
+def test_dilated_v2_attention_downsample_computes_the_strided_one(name):
+    """V2's last stage from its attention downsample (every query kept, its convolutions dilated) through its
+    convolutional blocks equals the strided stage sampled every 2 (output_stride 16) / 4 (8) pixels, at every
+    position: a stride-2 convolution with padding 1 reads at even positions what the stride-1 one does.
+
+    At output_stride 16 the attention's keys are the strided network's: the position bias is checked with them. At
+    output_stride 8 the dilated attention takes its keys on a grid twice as fine: on a map whose pixels repeat 2 x 2
+    (sampled every 2 pixels, the strided network's input) each key appears four times, which leaves the softmax
+    unchanged, while the four copies sit at different offsets: the bias is zero there. The strided convolution of
+    stage 2's attention, dilated at output_stride 8, is checked on its own (its attention takes all the finer grid's
+    keys)."""
+    strided = randomize_(timm.create_model(name)).eval()
+    width = strided.feature_info[2]['num_chs']
+    x = torch.randn(1, width, 10, 13, dtype=torch.float64)  # a stride-16 map, stage 3's input
+    for output_stride in (16, 8):
+        dilated = timm.create_model(name, output_stride=output_stride).eval()
+        dilated.load_state_dict(strided.state_dict())
+        stage, reference = dilated.stages[3].double(), copy.deepcopy(strided.stages[3]).double()
+        assert stage.downsample.attn.query_stride == 1
+        if output_stride == 8:
+            _zero_attention_biases(stage.downsample)
+            _zero_attention_biases(reference.downsample)
+            fine = x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # the stride-8 map
+        else:
+            fine = x
+        with torch.no_grad():
+            ref = _run(_convolutional_part(reference), x)
+            out = _run(_convolutional_part(stage), fine)
+        assert ref.shape[-2:] == (5, 7) and out.shape[-2:] == fine.shape[-2:]
+        factor = 32 // output_stride
+        torch.testing.assert_close(out[..., ::factor, ::factor], ref, rtol=0, atol=1e-10)
+    conv, strided_conv = (next(b.token_mixer.stride_conv for b in model.stages[2].blocks if b.token_mixer).double()
+                          for model in (dilated, copy.deepcopy(strided)))
+    assert conv.conv.stride == (2, 2) and conv.conv.dilation == (2, 2)
+    fine = torch.randn(1, width, 20, 26, dtype=torch.float64)  # a stride-8 map
+    with torch.no_grad():
+        torch.testing.assert_close(conv(fine)[..., ::2, ::2], strided_conv(fine[..., ::2, ::2]), rtol=0, atol=1e-10)
 
 
 # depth-reduced variants: scripting and tracing do not depend on the number of blocks (the ONNX export of a dilated

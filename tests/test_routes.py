@@ -1,13 +1,12 @@
 """The other doors into dense prediction: segmentation_models_pytorch's ``tu-`` encoders and torchvision's detection
 models, each trained a step on small inputs."""
 import pytest
+import segmentation_models_pytorch as smp  # the smp extra, part of the test extra on both stacks
 import timm
 import torch
 
 from efficientformer_timm.torchvision import efficientformer_fpn_backbone
 from helpers import randomize_
-
-smp = pytest.importorskip('segmentation_models_pytorch')
 
 
 def _train_step(model, x, target):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Side-by-side speed of the EfficientFormer features backbone, in one process, interleaved run by run
-(``efficientformer_timm.benchmark`` lists the variants).
+(``_benchmark_lib`` beside it lists the variants; ``_targets`` holds the targets a run is checked against).
 
     python tools/benchmark.py [--models efficientformer_l1 ...] [--sizes 224 512 800x1333] [--threads 2]
                               [--repeats 15] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--compile] [--profile]
@@ -38,20 +38,23 @@ os.environ.setdefault('KINETO_LOG_LEVEL', '6')
 
 import torch  # noqa: E402
 
-from efficientformer_timm import benchmark  # noqa: E402
 from efficientformer_timm.variants import MODEL_NAMES  # noqa: E402
+
+import _benchmark_lib as benchmark  # noqa: E402
+from _cli import parse_size  # noqa: E402
+from _targets import report_targets  # noqa: E402
 
 
 def parse_case(text):
     """'512x512:4' -> ((512, 512), 4)."""
     size, _, batch = text.partition(':')
-    return benchmark.parse_size(size), int(batch or 1)
+    return parse_size(size), int(batch or 1)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=list(MODEL_NAMES), choices=MODEL_NAMES, metavar='MODEL')
-    parser.add_argument('--sizes', nargs='+', type=benchmark.parse_size,
+    parser.add_argument('--sizes', nargs='+', type=parse_size,
                         default=[(224, 224), (512, 512), (800, 1333)])
     parser.add_argument('--batches', nargs='+', type=int, default=[1, 8])
     parser.add_argument('--train', action='store_true', help='time training steps instead of inference')
@@ -104,7 +107,7 @@ def main(argv=None):
     else:
         rows = benchmark.run_inference(args.models, args.sizes, args.batches, device, machine, checks=checks,
                                        runtimes=args.runtimes, **options)
-    benchmark.report_targets(rows)
+    report_targets(rows)
     benchmark.report_checks(checks)
     if args.json:
         with open(args.json, 'w') as f:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert an EfficientFormer checkpoint to this package's formats (``efficientformer_timm.checkpoint.convert_file``).
+"""Convert an EfficientFormer checkpoint to this package's formats (``efficientformer_timm.convert.convert_file``).
 
     python tools/convert_checkpoint.py INPUT OUTPUT [--model NAME]
 
@@ -8,7 +8,8 @@ INPUT is one of
   ``save_pretrained`` folder): written in timm format;
 - one of the authors' trained Mask R-CNN (COCO) or Semantic FPN (ADE20K) checkpoints (mmdet 2.19 / mmseg 0.x):
   written as an mmengine checkpoint of the model that ``mm_configs/released/<task>_<model>_<dataset>.py`` builds
-  (mmdet 3 / mmseg 1), every tensor checked against it; the tool names that config.
+  (mmdet 3 / mmseg 1; the package ships these configs), every tensor checked against it; the tool names that
+  config's path.
 OUTPUT is written as safetensors when it ends in .safetensors, else with torch.save; atomically, and never over
 INPUT. Exit status 1, with the reason, when the checkpoint does not convert.
 """
@@ -16,7 +17,8 @@ import argparse
 import logging
 import sys
 
-from efficientformer_timm.checkpoint import CheckpointError, convert_file
+from efficientformer_timm.checkpoint import CheckpointError
+from efficientformer_timm.convert import convert_file
 
 
 def main(argv=None):

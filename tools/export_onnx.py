@@ -21,9 +21,11 @@ import sys
 
 from efficientformer_timm import CheckpointError
 from efficientformer_timm._validate import MIN_INPUT_SIZE
-from efficientformer_timm.benchmark import parse_size
 from efficientformer_timm.checkpoint import atomic_output
-from efficientformer_timm.export import RUNTIMES, build_features_model, check_onnx, export_onnx, onnxruntime_session
+from efficientformer_timm.export import (ATOL, RTOL, RUNTIMES, build_features_model, check_onnx, export_onnx,
+                                        onnxruntime_session)
+
+from _cli import parse_size
 
 
 def main(argv=None):
@@ -37,10 +39,12 @@ def main(argv=None):
     parser.add_argument('--check-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in ('224', '512', '333x517')],
                         help='HxW sizes checked against PyTorch (default: 224 512 333x517)')
-    parser.add_argument('--rtol', type=float, default=1e-5,
-                        help="accepted difference to PyTorch relative to each output's largest magnitude")
-    parser.add_argument('--atol', type=float, default=1e-4,
-                        help='accepted absolute difference on top of --rtol (the floor for near-zero outputs)')
+    parser.add_argument('--rtol', type=float, default=RTOL,
+                        help="accepted difference to PyTorch relative to each output's largest magnitude "
+                             f'(default: {RTOL:g})')
+    parser.add_argument('--atol', type=float, default=ATOL,
+                        help='accepted absolute difference on top of --rtol (the floor for near-zero outputs; '
+                             f'default: {ATOL:g})')
     parser.add_argument('--opset', type=int, default=20,
                         help='ONNX opset (from 20: GELU as one Gelu node; 18: as Erf arithmetic)')
     parser.add_argument('--static', type=parse_size, metavar='HxW',

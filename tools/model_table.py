@@ -12,7 +12,7 @@ import argparse
 
 def main(argv=None):
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    from efficientformer_timm._docs import models_table
+    from _docs_lib import models_table
     print(models_table(), end='')
 
 

@@ -7,7 +7,7 @@ headline figures (from the benchmark runs saved in docs/results/).
     python tools/render_docs.py --check   # exit 1, naming the pages, when a committed page differs
 
 A run joins the performance page when ``tools/benchmark.py ... --json docs/results/NAME.json`` saves it under one
-of the names in ``efficientformer_timm._docs.PERFORMANCE_RUNS``.
+of the names in ``_docs_lib.PERFORMANCE_RUNS`` (beside this script).
 """
 import argparse
 import os
@@ -20,7 +20,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--check', action='store_true', help='compare instead of writing')
     args = parser.parse_args(argv)
-    from efficientformer_timm._docs import render
+    from _docs_lib import render
     stale = []
     for page, text in render(ROOT).items():
         path = os.path.join(ROOT, page)

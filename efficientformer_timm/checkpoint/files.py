@@ -2,8 +2,9 @@
 a transformers folder, and writing a file so that a failure leaves nothing behind."""
 import contextlib
 import os
+import pickle
 import tempfile
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from safetensors.torch import load_file
@@ -20,8 +21,9 @@ def read_file(path, map_location='cpu'):
     """The object in a .pth/.pt/.bin (torch, loaded with ``weights_only=True``) or .safetensors file.
 
     Raises FileNotFoundError for a missing file and CheckpointError naming the file for one that cannot be read
-    (truncated, not a checkpoint, or pickling more than tensors and containers); the reader's own exception is
-    its ``__cause__``."""
+    (truncated, not a checkpoint) or pickles more than tensors, containers and the globals allowed with
+    ``torch.serialization.safe_globals`` (naming those globals; nothing in the file is run); the reader's own
+    exception is its ``__cause__``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
@@ -29,10 +31,33 @@ def read_file(path, map_location='cpu'):
         if path.endswith('.safetensors'):
             return load_file(path, device=str(map_location or 'cpu'))
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch / safetensors raise many types for truncated or foreign files
+    except CheckpointError as e:  # an allowed global refused what the file asked of it
+        raise CheckpointError(f'cannot read checkpoint {path}: {e}') from e
+    except pickle.UnpicklingError as e:
+        refused = _refused_globals(path)
+        if not refused:
+            raise CheckpointError(_unreadable(path, e)) from e
         raise CheckpointError(
-            f'cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated or not a '
-            'PyTorch / safetensors checkpoint; download it again.') from e
+            f'cannot read checkpoint {path}: it pickles {", ".join(refused)}, which a weights-only load does not '
+            'allow: unpickling a global can run code, so nothing in the file was run. Load only checkpoints from a '
+            'source you trust; to use one you trust, load it once with torch.load(..., weights_only=False) and '
+            'torch.save its state dict, which loads here.') from e
+    except Exception as e:  # torch / safetensors raise many types for truncated or foreign files
+        raise CheckpointError(_unreadable(path, e)) from e
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    return (f'cannot read checkpoint {path}: {type(error).__name__}: {error}. The file may be truncated or not a '
+            'PyTorch / safetensors checkpoint; download it again.')
+
+
+def _refused_globals(path: str) -> List[str]:
+    """The globals in a torch file's pickle that a weights-only load refuses now (none for a file torch cannot
+    read that far)."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip-format torch file, or a pickle torch's scanner cannot step through
+        return []
 
 
 def unwrap_state_dict(obj, source: str) -> Dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from mmengine.runner import save_checkpoint
 from mmengine.runner.checkpoint import weights_to_cpu
 
 from ..synthetic import make_ade20k, make_coco
-from .released import REPOSITORY as ROOT
+from .configs import config_path
 from .runner import EfficientFormerRunner
 
 # the fraction of the way from the untrained model's score to a perfect score that the trained model must cover
@@ -37,7 +37,7 @@ LEARNED_GAP = 0.75
 class Task:
     name: str
     framework: str
-    config: str
+    config: str  # relative to mm_configs/ (config_path)
     data_kind: str  # the synthetic set: 'coco' or 'ade20k'
     data_env: str  # the variable the toy config reads its data root from
     metric: str
@@ -49,9 +49,9 @@ class Task:
 
 
 TASKS = {
-    'detection': Task('detection', 'mmdet', 'mm_configs/toy/maskrcnn_l1_toy.py', 'coco', 'TOY_COCO_ROOT',
+    'detection': Task('detection', 'mmdet', 'toy/maskrcnn_l1_toy.py', 'coco', 'TOY_COCO_ROOT',
                       'coco/bbox_mAP', 1.0),
-    'segmentation': Task('segmentation', 'mmseg', 'mm_configs/toy/semfpn_l1_toy.py', 'ade20k', 'TOY_ADE20K_ROOT',
+    'segmentation': Task('segmentation', 'mmseg', 'toy/semfpn_l1_toy.py', 'ade20k', 'TOY_ADE20K_ROOT',
                          'mIoU', 100.0),
 }
 
@@ -65,9 +65,15 @@ def gap_closed(before: float, after: float, perfect: float) -> float:
     return (after - before) / (perfect - before)
 
 
+def _shown(path: str) -> str:
+    """``path`` as a command to paste here names it: relative to the working directory when inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.split(os.sep)[0] == os.pardir else relative
+
+
 def _config(task: Task, data: str, work_dir: str, **options):
     os.environ[task.data_env] = data  # the toy config reads its data root when parsed
-    cfg = Config.fromfile(os.path.join(ROOT, task.config))
+    cfg = Config.fromfile(config_path(task.config))
     cfg.work_dir = work_dir
     cfg.merge_from_dict(options)
     return cfg
@@ -97,8 +103,8 @@ def train(task: Task, data: str, work_dir: str, initial: str, iters: int | None)
     if iters is not None:
         options.update({'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters,
                         'default_hooks.checkpoint.interval': iters})
-    command = ['mim', 'train', task.framework, task.config, '--work-dir', work_dir, '--cfg-options',
-               *(f'{k}={v}' for k, v in options.items())]
+    command = ['mim', 'train', task.framework, _shown(config_path(task.config)), '--work-dir', work_dir,
+               '--cfg-options', *(f'{k}={v}' for k, v in options.items())]
     print(f'$ {task.data_env}={data}', *command, '  # the same run, in this process', flush=True)
     runner = _runner(_config(task, data, work_dir, **options), f'{task.name}_train')
     runner.train()  # mmengine's log streams progress to the terminal

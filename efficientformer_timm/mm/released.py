@@ -17,18 +17,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, convert_with_report, infer_model_name, original_to_timm
+from ..checkpoint import CheckpointError, convert_with_report, infer_model_name, original_to_timm, save_tensors
 from ..checkpoint.report import listed
-from ..checkpoint.write import save_tensors
 from ..variants import MODEL_NAMES
+from .configs import config_path
 
-__all__ = ['RELEASED_TASKS', 'RELEASED_CONFIGS', 'released_task', 'released_config_name', 'model_name_of',
-           'convert_released_checkpoint', 'convert_released_file']
+__all__ = ['RELEASED_TASKS', 'released_task', 'released_config_name', 'model_name_of', 'convert_released_checkpoint',
+           'convert_released_file']
 
 _logger = logging.getLogger(__name__)
-# the repository's mm_configs/: configs are files of the source tree (mmengine reads them by path), not of the wheel
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RELEASED_CONFIGS = os.path.join(REPOSITORY, 'mm_configs', 'released')
 
 # task: (config prefix, dataset, the input size in pixels the authors' bias grid was made for, default scope)
 RELEASED_TASKS = {
@@ -129,7 +126,7 @@ def convert_released_checkpoint(
 def convert_released_file(state_dict: Dict[str, torch.Tensor], src: str, dst: str,
                           model_name: Optional[str] = None) -> str:
     """Write the authors' checkpoint ``state_dict`` (read from ``src``) to ``dst`` as an mmengine checkpoint of the
-    model its released config builds; returns that config's path relative to the repository."""
+    model its released config builds; returns the path of that config (one the package ships)."""
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
@@ -137,14 +134,11 @@ def convert_released_file(state_dict: Dict[str, torch.Tensor], src: str, dst: st
     if task is None:
         raise CheckpointError(f'{src}: a backbone with neither Mask R-CNN heads (rpn_head / roi_head) nor a '
                               'Semantic FPN decode_head; only the authors\' COCO and ADE20K models convert')
-    config_path = os.path.join(RELEASED_CONFIGS, released_config_name(model_name or model_name_of(state_dict), task))
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f'{config_path} not found: the released configs come with the repository '
-                                '(mm_configs/released); install the package from a checkout with `pip install -e .`')
+    name = 'released/' + released_config_name(model_name or model_name_of(state_dict), task)
+    config = config_path(name)
     init_default_scope(RELEASED_TASKS[task][3])
-    out, dropped = convert_released_checkpoint(state_dict, MODELS.build(Config.fromfile(config_path).model))
+    out, dropped = convert_released_checkpoint(state_dict, MODELS.build(Config.fromfile(config).model))
     _logger.info('dropped %d tensors the authors\' forward never reads: %s', len(dropped), ', '.join(dropped))
-    config = os.path.relpath(config_path, REPOSITORY)
-    save_tensors(out, dst, inputs=(src,), metadata={'config': config, 'converted_from': os.path.basename(src)},
+    save_tensors(out, dst, inputs=(src,), metadata={'config': name, 'converted_from': os.path.basename(src)},
                  container='state_dict')
     return config

@@ -28,7 +28,9 @@ test_dataloader = val_dataloader
 optim_wrapper = dict(
     _delete_=True, type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.), 'norm': dict(decay_mult=0.)}))
+    # no decay on any normalisation layer, found by type whatever its name (V2's BatchNorms are .bn, .norm1, ...),
+    # nor on the attention bias tables; other biases keep it, as in mmseg's Swin recipe
+    paramwise_cfg=dict(norm_decay_mult=0., custom_keys={'attention_biases': dict(decay_mult=0.)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', power=1.0, eta_min=0.0, begin=1500, end=160000, by_epoch=False),

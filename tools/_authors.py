@@ -12,9 +12,9 @@ import types
 import timm
 import torch
 
-from ._bias import GridAttentionBias
-from .efficientformer import Attention, WindowAveragePooling
-from .efficientformer_v2 import Attention2d, Attention2dDownsample
+from efficientformer_timm._bias import GridAttentionBias
+from efficientformer_timm.efficientformer import Attention, WindowAveragePooling
+from efficientformer_timm.efficientformer_v2 import Attention2d, Attention2dDownsample
 
 __all__ = ['authors_dense_resolution', 'authors_dense_bias', 'authors_backbone', 'average_pooling_mixer',
            'bias_every_forward', 'replace_forwards']

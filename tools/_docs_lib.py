@@ -1,5 +1,5 @@
 """The tables of README.md and docs/ that come from the code and from saved benchmark runs, so that adding a model, a
-config or a run cannot leave the docs behind. ``tools/render_docs.py`` writes them; the tests compare.
+config or a run cannot leave the docs behind. ``tools/render_docs.py`` writes them; tests/test_docs.py compares.
 
 A rendered part of a page sits between ``<!-- NAME -->`` and ``<!-- /NAME -->``; docs/performance.md is rendered
 whole from the runs ``tools/benchmark.py --json`` saved in docs/results/.
@@ -14,7 +14,9 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .variants import MODEL_NAMES
+from efficientformer_timm.variants import MODEL_NAMES
+
+from _targets import target_lines
 
 # timm's published ImageNet top-1 of the snap_dist_in1k weights (not measured here)
 TIMM_TOP1 = {'efficientformer_l1': 80.50, 'efficientformer_l3': 82.56, 'efficientformer_l7': 83.40,
@@ -139,7 +141,7 @@ def performance_page(root: str) -> str:
              '`features_only` model, plain). Compare ratios within a table: a machine\'s speed drifts between '
              'runs. `ours_fused` folds BatchNorm and the layer scales into the convolutions (`fuse_bn=True`), '
              '`_channels_last` runs in that memory format, `mm_backbone` is the OpenMMLab backbone as the configs '
-             "build it, `authors_backbone` the authors' dense backbone (`efficientformer_timm.authors`).", '']
+             "build it, `authors_backbone` the authors' dense backbone (`tools/_authors.py`).", '']
     for stem, run in load_runs(root).items():
         title, what = PERFORMANCE_RUNS[stem]
         parts += [f'## {title}', '', what, '', '```bash', run['command'], '```', '',
@@ -147,35 +149,43 @@ def performance_page(root: str) -> str:
     return '\n'.join(parts).rstrip('\n') + '\n'
 
 
-def headline(root: str) -> str:
-    """The README's figures, from the saved runs."""
-    runs = load_runs(root)
-    rows = {(r['model'], r['size'], r['batch'], r['variant']): r for r in runs['inference']['results']}
-    lines = ['| figure | measured |', '|---|---|']
+def _rows(run: dict) -> Dict[tuple, dict]:
+    return {(r['model'], r['size'], r['batch'], r['variant']): r for r in run['results']}
+
+
+def _ratio(label: str, rows: Dict[tuple, dict], case: tuple, ours: str, other: str) -> str:
+    """A headline line: variant ``ours`` against variant ``other`` of one case (model, size, batch) of one run, or
+    which of the two the run lacks."""
+    absent = [variant for variant in (ours, other) if case + (variant,) not in rows]
+    if absent:
+        return f'| {label} | not in the saved run: {", ".join(absent)} |'
+    a, b = rows[case + (ours,)]['median_ms'], rows[case + (other,)]['median_ms']
+    return f'| {label} | {a / b:.2f}x ({_ms(a)} / {_ms(b)} ms) |'
+
+
+def headline(runs: Dict[str, dict]) -> str:
+    """The README's figures from the saved runs, each a ratio of two variants of one run, named in its label: in
+    PyTorch each side at its best (the fast path against resnet50 in channels_last), in a runtime the two files
+    exported the same way (dynamic sizes), in training the mm backbone against the authors' backbone."""
+    lines = ['| figure (CPU) | measured |', '|---|---|']
+    inference = _rows(runs['inference'])
     for model in ('efficientformer_l1', 'efficientformerv2_s0'):
-        ours, resnet = rows[(model, '800x1333', 1, 'ours_fused_channels_last')], rows[(model, '800x1333', 1, 'resnet50')]
-        lines.append(f'| {model} features at 800x1333 (fused, channels_last) / resnet50 features, CPU | '
-                     f"{ours['median_ms'] / resnet['median_ms']:.2f}x ({_ms(ours['median_ms'])} / "
-                     f"{_ms(resnet['median_ms'])} ms) |")
-    deploy = {(r['model'], r['size'], r['batch'], r['variant']): r for r in runs['deploy']['results']}
+        lines.append(_ratio(f'{model} features at 800x1333, PyTorch, ours fused, both channels_last: '
+                            '`ours_fused_channels_last` / `resnet50_channels_last`',
+                            inference, (model, '800x1333', 1), 'ours_fused_channels_last', 'resnet50_channels_last'))
+    deploy = _rows(runs['deploy'])
     for runtime in ('onnxruntime', 'openvino'):
-        ours = deploy[('efficientformer_l1', '800x1333', 1, f'ours_{runtime}')]
-        resnet = deploy[('efficientformer_l1', '800x1333', 1, f'resnet50_{runtime}')]
-        lines.append(f'| efficientformer_l1 features at 800x1333 in {runtime} / resnet50 features in {runtime}, CPU | '
-                     f"{ours['median_ms'] / resnet['median_ms']:.2f}x ({_ms(ours['median_ms'])} / "
-                     f"{_ms(resnet['median_ms'])} ms) |")
-    train = {(r['model'], r['size'], r['batch'], r['variant']): r for r in runs['train']['results']}
+        lines.append(_ratio(f'efficientformer_l1 features at 800x1333, {runtime}, both files with dynamic sizes: '
+                            f'`ours_{runtime}` / `resnet50_{runtime}`',
+                            deploy, ('efficientformer_l1', '800x1333', 1), f'ours_{runtime}', f'resnet50_{runtime}'))
     model, size, batch = next((r['model'], r['size'], r['batch']) for r in runs['train']['results'])
-    mm, authors = train[(model, size, batch, 'mm_backbone')], train[(model, size, batch, 'authors_backbone')]
-    lines.append(f"| {model} training step at {size}, batch {batch}: mm backbone / the authors' backbone, CPU | "
-                 f"{mm['median_ms'] / authors['median_ms']:.2f}x ({_ms(mm['median_ms'])} / "
-                 f"{_ms(authors['median_ms'])} ms) |")
+    lines.append(_ratio(f'{model} training step at {size}, batch {batch}: `mm_backbone` / `authors_backbone`',
+                        _rows(runs['train']), (model, size, batch), 'mm_backbone', 'authors_backbone'))
     return '\n'.join(lines) + '\n'
 
 
 def deploy_targets(root: str) -> str:
-    """The deployment targets against the saved deployment run (``benchmark.target_lines``)."""
-    from .benchmark import target_lines
+    """The deployment targets against the saved deployment run (``_targets.target_lines``)."""
     run = load_runs(root)['deploy']
     lines = ['| target (800x1333, batch 1) | measured | met |', '|---|---|---|']
     for target, measured, met in target_lines(run['results']):
@@ -188,7 +198,7 @@ def render(root: str) -> Dict[str, str]:
     pages = {}
     with open(os.path.join(root, 'README.md')) as f:
         readme = replace_section(f.read(), 'models-table', models_table())
-    pages['README.md'] = replace_section(readme, 'headline', headline(root))
+    pages['README.md'] = replace_section(readme, 'headline', headline(load_runs(root)))
     with open(os.path.join(root, 'docs', 'openmmlab.md')) as f:
         pages[os.path.join('docs', 'openmmlab.md')] = replace_section(f.read(), 'configs-table', configs_table(root))
     pages[os.path.join('docs', 'performance.md')] = performance_page(root)

@@ -1,5 +1,6 @@
 """Side-by-side speed of the EfficientFormer features backbone against what users compare it with: the pieces of
-``tools/benchmark.py`` (variants, interleaved timing, FLOP rates, peak memory, profiles, the device check).
+``tools/benchmark.py`` (variants, interleaved timing, FLOP rates, peak memory, profiles, the device check). Unix
+only: page faults come from ``resource``.
 
 Variants, each a module that maps an image batch to a list of feature maps:
   ours        this package's features model (resized attention biases cached per grid)
@@ -8,7 +9,7 @@ Variants, each a module that maps an image batch to a list of feature maps:
   ours_fused_compiled  (``compile_model``) fused, through torch.compile (inductor)
   mm_backbone the OpenMMLab backbone as the mm configs build it (channels_last, fused in eval; needs the ``mm``
               extra)
-  authors_backbone  the authors' dense backbone (``efficientformer_timm.authors``)
+  authors_backbone  the authors' dense backbone (``_authors``)
   timm_builtin  timm's own implementation (224 only: it cannot run other sizes)
   resnet50    timm's resnet50 features_only, the usual Mask R-CNN / Semantic FPN backbone (and in channels_last)
 With ``runtimes`` (CPU): the exported files in onnxruntime / OpenVINO, on the benchmark's threads:
@@ -28,6 +29,7 @@ static shapes).
 """
 import collections
 import copy
+import json
 import math
 import os
 import resource
@@ -40,12 +42,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from .authors import (authors_backbone, authors_dense_bias, average_pooling_mixer, bias_every_forward,
+from efficientformer_timm.efficientformer import Attention, WindowAveragePooling
+from efficientformer_timm.export import RuntimeFeatures, export_onnx, onnxruntime_session, outputs_match
+from efficientformer_timm.fuse import fuse_batchnorm
+from efficientformer_timm.variants import V1_MODEL_NAMES
+
+from _authors import (authors_backbone, authors_dense_bias, average_pooling_mixer, bias_every_forward,
                       replace_forwards)
-from .efficientformer import Attention, WindowAveragePooling
-from .export import RuntimeFeatures, export_onnx, outputs_match
-from .fuse import fuse_batchnorm
-from .variants import V1_MODEL_NAMES
+from _cli import parse_size
 
 ABLATIONS = ('resize_table_every_forward', 'authors_dense_bias', 'pytorch_average_pooling',
              'scaled_dot_product_attention')
@@ -71,7 +75,7 @@ def builtin_features(name):
 def mm_backbone(name, **kwargs):
     """The OpenMMLab backbone as the mm configs build it (None without the `mm` extra)."""
     try:
-        from .mm import EfficientFormerBackbone
+        from efficientformer_timm.mm import EfficientFormerBackbone
     except ImportError:
         return None
     return EfficientFormerBackbone(name, **kwargs)
@@ -296,8 +300,6 @@ def print_onnxruntime_profile(model, x, label, rows=8):
     """Where onnxruntime spends one run of ``model`` (a ``RuntimeFeatures`` on onnxruntime): its profiler's node
     times of the second run (the first allocates) summed by operator type, in the graph it runs after its own
     fusions and layout changes, as shares."""
-    import json
-    from .export import onnxruntime_session
     session = onnxruntime_session(model.path, model.session.get_session_options().intra_op_num_threads, profile=True)
     for _ in range(2):
         session.run(None, {'image': x.numpy()})
@@ -497,12 +499,6 @@ def machine_facts(device, threads, dtype, keep_freed_memory=False, matmul_repeat
     return facts
 
 
-def parse_size(text):
-    """'800x1333' -> (800, 1333); '512' -> (512, 512)."""
-    h, _, w = text.partition('x')
-    return int(h), int(w or h)
-
-
 def run_inference(models, sizes, batches, device, machine, autocast_dtype=None, names=None, repeats=15, warmup=3,
                   compile_model=False, ablations=False, profile_steps=False, checks=None, runtimes=()):
     """Time every inference variant (``names``: only these, and ours) of each model, size and batch, printing a
@@ -575,54 +571,3 @@ def _time_case(mode, step, name, variants, x, machine, autocast_dtype, repeats, 
         print(f"| {name} | {row['size']} | {row['batch']} | {key} | {row['median_ms']:.1f} | "
               f"{row['ratio_to_ours']:.2f} | {rate} | {peak} | {faults[key]:.0f} |", flush=True)
     return rows
-
-
-# model -> (its exported features / resnet50's in the same runtime) at 800x1333, batch 1
-RUNTIME_TARGETS = {'efficientformer_l1': 0.40, 'efficientformerv2_s0': 0.35}
-
-
-def _row(rows, model, size, batch, variant):
-    return next((r for r in rows if r['mode'] == 'inference' and (r['model'], r['size'], r['batch'], r['variant'])
-                 == (model, size, batch, variant)), None)
-
-
-def target_lines(rows):
-    """(target, measured, met) for each inference target this run's figures can check, at 800x1333 batch 1."""
-    lines = []
-    for r in rows:
-        if r['mode'] != 'inference' or r['size'] != '800x1333' or r['batch'] != 1:
-            continue
-        model, variant = r['model'], r['variant']
-        if variant == 'ours' and model == 'efficientformer_l1':
-            resnet = _row(rows, model, r['size'], 1, 'resnet50')
-            if resnet:
-                ratio = r['median_ms'] / resnet['median_ms']
-                lines.append(('L1 plain features <= 0.45x resnet50', f'{ratio:.2f}x', ratio <= 0.45))
-        if variant == 'ours_fused_channels_last':
-            share = 0.70 if model in V1_MODEL_NAMES else 0.50
-            lines.append((f'{model} PyTorch fast path (fused, channels_last) >= {share:.2f} of the matmul GFLOP/s',
-                          f"{r['fraction_of_matmul']:.3f}", r['fraction_of_matmul'] >= share))
-        for runtime in ('onnxruntime', 'openvino'):
-            if variant != f'ours_{runtime}':
-                continue
-            resnet = _row(rows, model, r['size'], 1, f'resnet50_{runtime}')
-            if resnet and model in RUNTIME_TARGETS:
-                ratio = r['median_ms'] / resnet['median_ms']
-                lines.append((f'{model} in {runtime} <= {RUNTIME_TARGETS[model]:.2f}x resnet50 in {runtime}',
-                              f"{ratio:.2f}x ({r['median_ms']:.0f} / {resnet['median_ms']:.0f} ms)",
-                              ratio <= RUNTIME_TARGETS[model]))
-            fast = _row(rows, model, r['size'], 1, 'ours_fused_channels_last')
-            if fast:
-                ratio = r['median_ms'] / fast['median_ms']
-                lines.append((f'{model} in {runtime} <= 0.80x the PyTorch fast path',
-                              f"{ratio:.2f}x ({r['median_ms']:.0f} / {fast['median_ms']:.0f} ms)", ratio <= 0.80))
-    return lines
-
-
-def report_targets(rows):
-    """The inference targets, checked against this run's figures (those it measured)."""
-    lines = target_lines(rows)
-    if lines:
-        print('\n| target (800x1333, batch 1) | measured | met |\n|---|---|---|')
-        for target, measured, met in lines:
-            print(f'| {target} | {measured} | {"yes" if met else "no"} |')
