@@ -6,6 +6,10 @@ Segmentors (mmseg ``EncoderDecoder`` such as Semantic FPN and UperNet, smp's mod
 ``UperNetForSemanticSegmentation``) take ``image`` (B, 3, H, W) and return ``logits`` (B, classes, H, W) at the input
 size and ``class_map`` (B, H, W), their argmax; H and W are dynamic unless ``static_size`` is given.
 
+Detectors (mmdet RetinaNet-style single-stage and Faster / Mask R-CNN-style two-stage models) take one image
+``image`` (1, 3, H, W) and return ``boxes`` (N, 4) in input pixels, ``scores`` (N,), ``labels`` (N,) and for Mask
+R-CNN ``masks`` (N, H, W) at the input size, after the score threshold and NMS (``DetectionExport``).
+
 Two kinds of module compute their sizes with Python numbers, which an exporter records as constants of the export
 size: mmseg's ``Upsample`` (``int(t * scale_factor)``) and ``nn.AdaptiveAvgPool2d`` with bins other than one (its
 bin edges). While exporting they are swapped for ones that compute the same values from the tensor's shape
@@ -27,7 +31,8 @@ from .export import RUNTIMES, onnxruntime_session, openvino_model, outputs_match
 
 __all__ = ['ExportCheckError', 'ShapeAdaptiveAvgPool2d', 'ShapeUpsample', 'exportable', 'SegmentationExport',
            'export_segmentor', 'check_segmentor', 'ExportedModel', 'random_images', 'load_mm_model',
-           'load_mm_checkpoint', 'preprocessing', 'normalised_image']
+           'load_mm_checkpoint', 'preprocessing', 'normalised_image', 'DetectionExport', 'export_detector',
+           'check_detector']
 
 SEGMENTATION_OUTPUTS = ('logits', 'class_map')
 
@@ -106,6 +111,11 @@ def exportable(model: nn.Module):
             if new is not None:
                 setattr(module, child_name, new)
                 undo.append((module, child_name, child))
+                # some modules run their children from a plain list too (transformers' UperNet pooling blocks)
+                for attr, value in list(vars(module).items()):
+                    if isinstance(value, list) and any(v is child for v in value):
+                        setattr(module, attr, [new if v is child else v for v in value])
+                        undo.append((module, attr, value))
         if type(module).__name__ == 'EfficientFormerBackbone' and hasattr(module, 'folded_model'):
             folded = module.folded_model() if module.fold_bn_in_eval else module.model
             undo += [(module, 'fold_bn_in_eval', module.fold_bn_in_eval), (module, 'model', module.model),
@@ -553,8 +563,6 @@ class DetectionExport(nn.Module):
         """mmdet's ``SingleRoIExtractor`` with torchvision's ``roi_align`` (ONNX ``RoiAlign``): every RoI pooled on
         every level, the level mmdet assigns it kept (no data-dependent branch in the graph)."""
         from torchvision.ops import roi_align
-        if extractor.roi_scale_factor is not None:
-            raise TypeError('a RoI extractor with roi_scale_factor does not export')
         levels = extractor.map_roi_levels(rois, len(extractor.featmap_strides))
         out = 0
         for i, layer in enumerate(extractor.roi_layers):
@@ -587,15 +595,20 @@ class DetectionExport(nn.Module):
 
 
 def _paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height, width) -> torch.Tensor:
-    """mmdet's ``_do_paste_mask`` (``grid_sample``: bilinear, zero padding, align_corners=False) of (N, h, w) masks
-    into their boxes in a height x width image, as two interpolation matrices per mask (bilinear sampling is
-    separable): N x (H + W) x h memory rather than N x H x W x 2 sampling grids."""
+    """mmdet's ``_do_paste_mask`` (``grid_sample``: bilinear, zero padding, align_corners=False; the pixels of the
+    box and one more on each side, as on CPU) of (N, h, w) masks into their boxes in a height x width image, as two
+    interpolation matrices per mask (bilinear sampling is separable): N x (H + W) x h memory rather than
+    N x H x W x 2 sampling grids."""
     def weights(length, start, end, size):
         centres = torch.arange(length, device=boxes.device, dtype=boxes.dtype) + 0.5
         grid = (centres[None] - start[:, None]) / (end - start)[:, None] * 2 - 1
         grid = torch.where(torch.isinf(grid), 0.0, grid)  # mmdet's value for a zero-size box
         u = ((grid + 1) * size - 1) / 2
-        return (1 - (u[..., None] - torch.arange(size, device=boxes.device, dtype=boxes.dtype)).abs()).clamp(min=0)
+        sampled = (1 - (u[..., None] - torch.arange(size, device=boxes.device, dtype=boxes.dtype)).abs()).clamp(min=0)
+        # mmdet on CPU pastes into the box's pixels and one more on each side only
+        pixel = centres - 0.5
+        inside = (pixel[None] >= start.floor()[:, None] - 1) & (pixel[None] < end.ceil()[:, None] + 1)
+        return sampled * inside[..., None].to(sampled)
     rows = weights(height, boxes[:, 1], boxes[:, 3], masks.shape[1])  # (N, H, h)
     cols = weights(width, boxes[:, 0], boxes[:, 2], masks.shape[2])  # (N, W, w)
     return rows @ masks @ cols.transpose(1, 2)
@@ -610,6 +623,209 @@ def export_detector(model: nn.Module, path: str, static_size: Optional[Tuple[int
     and W dynamic, or ``static_size`` only. Returns the wrapper (``check_detector`` compares the file with its
     ``reference``, mmdet's predict)."""
     wrapper = DetectionExport(model, score_thr, iou_thr, max_per_img, nms_pre).eval()
+    size = _check_static_size(static_size, 1) if static_size else (256, 320)
+    with exportable(model):
+        _export(wrapper, path, torch.randn(1, 3, *size), _dims(static_size, 1, batch=False), wrapper.output_names,
+                opset)
+    return wrapper
+
+
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU; 0 where both boxes have no area (undefined)."""
+    from torchvision.ops import box_iou
+    return box_iou(a.double(), b.double()).nan_to_num(0.0)
+
+
+def _mask_agreement(a: torch.Tensor, b: torch.Tensor) -> Tuple[float, float]:
+    """(IoU, share of equal pixels) of two boolean masks; IoU 1 for two empty masks."""
+    union = int((a | b).sum())
+    return (int((a & b).sum()) / union if union else 1.0), float((a == b).double().mean())
+
+
+def _match_detections(got: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], settings: dict,
+                      min_iou: float, box_atol: float, score_atol: float, min_mask_iou: float,
+                      min_mask_agreement: float):
+    """Match the file's detections to the framework's one to one: same label, box IoU >= ``min_iou`` (or corners
+    within ``box_atol`` pixels: for boxes a fraction of a pixel thin, whose IoU a rounding error decides), score
+    within ``score_atol``, highest framework score first. A detection of either side left unmatched is accepted only
+    when its score is within ``score_atol`` of where the other side stops (the score threshold, or the last score
+    kept when ``max_per_img`` detections are): it may fall on either side of that edge. Returns (matched pairs,
+    worst box IoU, worst score difference, worst mask IoU) or a message saying what differed."""
+    ious = _box_iou(expected['boxes'], got['boxes'])
+    corners = (expected['boxes'][:, None].double() - got['boxes'][None].double()).abs().amax(-1)
+    same = expected['labels'][:, None] == got['labels'][None]
+    close = (expected['scores'][:, None].double() - got['scores'][None].double()).abs()
+    taken = torch.zeros(len(got['scores']), dtype=torch.bool)
+    pairs = []
+    for i in expected['scores'].argsort(descending=True).tolist():
+        fits = same[i] & ((ious[i] >= min_iou) | (corners[i] <= box_atol)) & (close[i] <= score_atol) & ~taken
+        if fits.any():
+            j = int(torch.where(fits, ious[i], -1.0).argmax())
+            taken[j] = True
+            pairs.append((i, j))
+    matched = torch.zeros(len(expected['scores']), dtype=torch.bool)
+    matched[[i for i, _ in pairs]] = True
+
+    def edge(scores):
+        full = len(scores) >= settings['max_per_img']
+        return max(settings.get('score_thr', 0.0), float(scores.min()) if full and len(scores) else 0.0)
+
+    for side, scores, used, other_edge, name in (('the framework', expected['scores'], matched, edge(got['scores']),
+                                                  'in the file'),
+                                                 ('the file', got['scores'], taken, edge(expected['scores']),
+                                                  "in the framework's prediction")):
+        for k in torch.where(~used)[0].tolist():
+            if float(scores[k]) > other_edge + score_atol:
+                owner = expected if side == 'the framework' else got
+                other = got if side == 'the framework' else expected
+                row = ious[k] if side == 'the framework' else ious[:, k]
+                row = torch.where((other['labels'] == owner['labels'][k]), row, -1.0)
+                best = int(row.argmax()) if len(row) else -1
+                near = (f'the nearest of label {int(owner["labels"][k])} there has box IoU {float(row[best]):.4f} and '
+                        f'score {float(other["scores"][best]):.4f}') if best >= 0 and row[best] >= 0 else \
+                    f'none of label {int(owner["labels"][k])} there'
+                return (f'a detection of {side} (label {int(owner["labels"][k])}, score {float(scores[k]):.4f}, box '
+                        f'{[round(v, 1) for v in owner["boxes"][k].tolist()]}) has no match {name} (same label, box '
+                        f'IoU >= {min_iou} or corners within {box_atol} px, score within {score_atol}): {near}')
+    worst_iou = min([float(ious[i, j]) for i, j in pairs if corners[i, j] > box_atol], default=1.0)
+    worst_score = max([float(close[i, j]) for i, j in pairs], default=0.0)
+    worst_mask = (1.0, 1.0)
+    if 'masks' in expected:
+        for i, j in pairs:
+            iou, agreement = _mask_agreement(expected['masks'][i], got['masks'][j])
+            if iou < min_mask_iou and agreement < min_mask_agreement:
+                return (f'masks differ: the framework\'s detection of label {int(expected["labels"][i])}, score '
+                        f'{float(expected["scores"][i]):.4f}, and the file\'s have mask IoU {iou:.4f} '
+                        f'({agreement:.4%} of the pixels equal; IoU >= {min_mask_iou} or {min_mask_agreement:.2%} '
+                        'needed)')
+            worst_mask = (min(worst_mask[0], iou), min(worst_mask[1], agreement))
+    return pairs, worst_iou, worst_score, worst_mask
+
+
+def check_detector(wrapper: DetectionExport, path: str, images: Sequence[torch.Tensor],
+                   runtimes: Sequence[str] = RUNTIMES, min_iou: float = 0.99, box_atol: float = 0.05,
+                   score_atol: float = 1e-3, min_mask_iou: float = 0.99,
+                   min_mask_agreement: float = 0.999) -> List[dict]:
+    """Run the file at ``path`` in each runtime on each image of ``images`` (normalised (B, 3, H, W) batches, run
+    one image at a time, or (3, H, W) images) and match its detections one to one with mmdet's own ``predict``
+    (``wrapper.reference``): same label, box IoU >= ``min_iou`` (or corners within ``box_atol`` pixels, for
+    boxes too thin for an IoU to mean anything), score within ``score_atol``, and for masks IoU
+    >= ``min_mask_iou`` or pixels equal on ``min_mask_agreement`` of the image (a pixel or two decide a small
+    mask's IoU). Returns one row per runtime and image (the worst matched box IoU, score difference, mask IoU and
+    pixel agreement); raises ExportCheckError naming the runtime, size and detection that differ, and by how much."""
+    singles = [image[None] for batch in _batches(images) for image in batch]
+    expected = [wrapper.reference(image) for image in singles]
+    settings = wrapper.settings()
+    rows = []
+    for runtime in runtimes:
+        runner = ExportedModel(path, runtime)
+        for index, (image, reference) in enumerate(zip(singles, expected)):
+            size = f'{image.shape[2]}x{image.shape[3]}'
+            got = {k: torch.from_numpy(np.asarray(v)) for k, v in runner(image).items()}
+            if set(got) != set(reference):
+                raise ExportCheckError(f'{runtime}: the file returns {sorted(got)}, the framework {sorted(reference)}')
+            if 'masks' in got and tuple(got['masks'].shape[1:]) != tuple(image.shape[2:]):
+                raise ExportCheckError(f'masks in {runtime} at {size}: shape {tuple(got["masks"].shape)}, '
+                                       f'(N, {image.shape[2]}, {image.shape[3]}) expected')
+            result = _match_detections(got, reference, settings, min_iou, box_atol, score_atol, min_mask_iou,
+                                       min_mask_agreement)
+            if isinstance(result, str):
+                raise ExportCheckError(f'detections differ in {runtime} at {size} (image {index}): {result}')
+            pairs, worst_iou, worst_score, worst_mask = result
+            row = dict(runtime=runtime, size=size, detections=len(reference['scores']), file=len(got['scores']),
+                       matched=len(pairs), box_iou=worst_iou, score_diff=worst_score)
+            if 'masks' in got:
+                row['mask_iou'], row['mask_agreement'] = worst_mask
+            rows.append(row)
+    return rows
+
+
+class TorchvisionDetectionExport(nn.Module):
+    """torchvision's ``RetinaNet`` (on any backbone, e.g. ``efficientformer_fpn_backbone``) as the exported graph
+    computes it, one image per run: ``image`` (1, 3, H, W) as the model's transform hands it on (resized to the
+    model's ``min_size`` / ``max_size`` and normalised with its ``image_mean`` / ``image_std``, 0-1 pixel values) ->
+    ``boxes`` (N, 4) in input pixels, ``scores`` (N,), ``labels`` (N,). The padding to ``size_divisible`` is part of
+    the graph; the post-processing is torchvision's (per-level top-k of the scores, its box coder, class-aware NMS,
+    the score threshold, ``detections_per_img``), with the threshold applied after NMS like ``DetectionExport``.
+    """
+
+    def __init__(self, model: nn.Module, score_thr: Optional[float] = None, iou_thr: Optional[float] = None,
+                 max_per_img: Optional[int] = None, nms_pre: Optional[int] = None):
+        super().__init__()
+        if type(model).__name__ != 'RetinaNet' or not type(model).__module__.startswith('torchvision.'):
+            raise TypeError(f'{type(model).__name__} ({type(model).__module__}): of torchvision\'s detectors only '
+                            'RetinaNet exports')
+        self.model = model
+        self.score_thr = model.score_thresh if score_thr is None else score_thr
+        self.iou_thr = model.nms_thresh if iou_thr is None else iou_thr
+        self.max_per_img = model.detections_per_img if max_per_img is None else max_per_img
+        self.nms_pre = model.topk_candidates if nms_pre is None else nms_pre
+        self.output_names = DETECTION_OUTPUTS
+
+    def settings(self) -> dict:
+        return dict(score_thr=self.score_thr, max_per_img=self.max_per_img, nms_pre=self.nms_pre,
+                    iou_thr=self.iou_thr)
+
+    def forward(self, image: torch.Tensor):
+        from torchvision.models.detection.image_list import ImageList
+        from torchvision.ops.boxes import clip_boxes_to_image
+        model = self.model
+        height, width = image.shape[2:]
+        divisor = model.transform.size_divisible
+        padded = F.pad(image, (0, (-width) % divisor, 0, (-height) % divisor))
+        features = model.backbone(padded)
+        features = list(features.values()) if isinstance(features, dict) else [features]
+        outputs = model.head(features)
+        anchors = model.anchor_generator(ImageList(padded, [(height, width)]), features)[0]
+        per_level = [f.shape[2] * f.shape[3] * (outputs['cls_logits'].shape[1] //
+                                                 sum(g.shape[2] * g.shape[3] for g in features)) for f in features]
+        boxes, scores, labels = [], [], []
+        for logits, deltas, level_anchors in zip(outputs['cls_logits'][0].split(per_level),
+                                                 outputs['bbox_regression'][0].split(per_level),
+                                                 anchors.split(per_level)):
+            classes = logits.shape[-1]
+            top, index = _top(logits.sigmoid().flatten(), self.nms_pre)
+            anchor = index // classes
+            decoded = model.box_coder.decode_single(deltas[anchor], level_anchors[anchor])
+            boxes.append(clip_boxes_to_image(decoded, (height, width)))
+            scores.append(top)
+            labels.append(index % classes)
+        boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+        keep = _nms(boxes, scores, labels, self.iou_thr)
+        keep = keep[scores[keep] > self.score_thr][:self.max_per_img]
+        return boxes[keep], scores[keep], labels[keep]
+
+    @torch.no_grad()
+    def reference(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """torchvision's own forward on ``image`` (1, 3, H, W), its transform set to change nothing (no
+        normalisation, ``min_size`` / ``max_size`` the image's), with the graph's settings."""
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(f'a detector runs on one image (1, 3, H, W) at a time, got {tuple(image.shape)}')
+        model, transform = self.model, self.model.transform
+        names = ('image_mean', 'image_std', 'min_size', 'max_size')
+        saved = [getattr(transform, n) for n in names] + [model.score_thresh, model.nms_thresh,
+                                                           model.detections_per_img, model.topk_candidates]
+        height, width = image.shape[2:]
+        transform.image_mean, transform.image_std = [0.0] * 3, [1.0] * 3
+        transform.min_size, transform.max_size = (min(height, width),), max(height, width)
+        model.score_thresh, model.nms_thresh = self.score_thr, self.iou_thr
+        model.detections_per_img, model.topk_candidates = self.max_per_img, self.nms_pre
+        try:
+            found = model([image[0]])[0]
+        finally:
+            for name, value in zip(names + ('score_thresh', 'nms_thresh', 'detections_per_img', 'topk_candidates'),
+                                   saved):
+                setattr(transform if name in names else model, name, value)
+        return dict(boxes=found['boxes'], scores=found['scores'], labels=found['labels'])
+
+
+def export_torchvision_detector(model: nn.Module, path: str, static_size: Optional[Tuple[int, int]] = None,
+                                opset: int = 20, score_thr: Optional[float] = None, iou_thr: Optional[float] = None,
+                                max_per_img: Optional[int] = None,
+                                nms_pre: Optional[int] = None) -> TorchvisionDetectionExport:
+    """Write torchvision's ``RetinaNet`` (in eval) to ``path`` (``TorchvisionDetectionExport``: the image as the
+    model's transform hands it on, one per run -> boxes, scores, labels); check it with ``check_detector``."""
+    wrapper = TorchvisionDetectionExport(model, score_thr, iou_thr, max_per_img, nms_pre).eval()
     size = _check_static_size(static_size, 1) if static_size else (256, 320)
     with exportable(model):
         _export(wrapper, path, torch.randn(1, 3, *size), _dims(static_size, 1, batch=False), wrapper.output_names,

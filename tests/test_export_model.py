@@ -124,6 +124,8 @@ def test_check_names_the_output_that_differs_and_needs_images(semfpn):
 @pytest.mark.mm
 def test_tool_refuses_bad_input_and_leaves_nothing(semfpn, tmp_path):
     upernet = os.path.join(ROOT, 'mm_configs', 'upernet_l1_ade20k.py')
+    classifier = tmp_path / 'classifier.py'
+    classifier.write_text("default_scope = 'mmpretrain'\nmodel = dict(type='ImageClassifier')\n")
     out = tmp_path / 'model.onnx'
     ckpt = semfpn / 'semfpn.pth'
     cases = [
@@ -132,7 +134,12 @@ def test_tool_refuses_bad_input_and_leaves_nothing(semfpn, tmp_path):
         ((TOY_SEMFPN, ckpt, out, '--images'), 'error: --images names no files: give at least one image file'),
         ((TOY_SEMFPN, tmp_path / 'none.pth', out), r'error: checkpoint \S+none\.pth not found'),
         ((os.path.join(ROOT, 'mm_configs', 'retinanet_l1.py'), ckpt, out),
-         r"error: \S+retinanet_l1\.py: an mmdet config \(default_scope 'mmdet'\); this exports mmseg models"),
+         r'error: \S+semfpn\.pth is not a checkpoint of \S+retinanet_l1\.py: tensors \d+ missing'),
+        ((classifier, ckpt, out),
+         r"error: \S+classifier\.py: an mmpretrain config \(default_scope 'mmpretrain'\); this exports mmseg and "
+         r'mmdet models'),
+        ((TOY_SEMFPN, ckpt, out, '--score-thr', '0.5', '--max-per-img', '10'),
+         r'error: --score-thr --max-per-img: detector settings, and \S+semfpn_l1_toy\.py is a segmentor'),
         ((TOY_SEMFPN, ckpt, ckpt), 'error: refusing to overwrite the input'),
     ]
     for args, message in cases:
@@ -140,6 +147,7 @@ def test_tool_refuses_bad_input_and_leaves_nothing(semfpn, tmp_path):
         assert code == 1 and re.search(message, err), (args, err)
     code, _, err = _run_tool(TOY_SEMFPN, ckpt, out, '--static', '128x160', '--check-sizes', '192x256')
     assert code == 2 and '--static: the file runs at that size only' in err
+    classifier.unlink()
     assert os.listdir(tmp_path) == []
 
 
@@ -234,3 +242,203 @@ def test_deploy_page_segmentation_snippet_runs_as_written(semfpn, tmp_path, caps
     with torch.no_grad():
         sample = _mmseg_model(semfpn).predict(torch.from_numpy(namespace['x']))[0]
     assert (torch.from_numpy(namespace['class_map'][0]) == sample.pred_sem_seg.data[0]).float().mean() >= 0.999
+
+
+# Detectors: RetinaNet L1 with a narrow neck and head, and the toy Mask R-CNN L1, random weights, exported once each
+TOY_RETINANET = f"""
+_base_ = [{os.path.join(ROOT, 'mm_configs', 'retinanet_l1.py')!r}]
+model = dict(backbone=dict(init_cfg=None), neck=dict(out_channels=32),
+             bbox_head=dict(in_channels=32, feat_channels=32, stacked_convs=1, num_classes=3))
+"""
+TOY_MASKRCNN = os.path.join(ROOT, 'mm_configs', 'toy', 'maskrcnn_l1_toy.py')
+DETECTION_ROW = (r'^(onnxruntime|openvino) (96x128|160x224): (\d+) of (\d+) mmdet detections matched \((\d+) in the '
+                 r'file\), worst box IoU (\S+), score difference (\S+)')
+
+
+def _detection_rows(out, masks=False):
+    rows = re.findall(DETECTION_ROW + (r', worst mask IoU (\S+) \(pixels equal (\S+)%\)$' if masks else '$'), out,
+                      re.M)
+    assert [(r[0], r[1]) for r in rows] == [(rt, s) for rt in BOTH for s in ('96x128', '160x224')], out
+    for row in rows:
+        matched, detections, in_file = map(int, row[2:5])
+        assert 0 < matched == detections == in_file, out
+        assert float(row[5]) >= 0.99 and float(row[6]) <= 1e-3, out
+        # a small mask's IoU is decided by a pixel or two: IoU >= 0.99 or 99.9% of the pixels equal
+        assert not masks or float(row[7]) >= 0.99 or float(row[8]) >= 99.9, out
+    return rows
+
+
+def _make_detector(folder, config, *flags, scale=None):
+    """A detector config with random weights (``scale``: factors for the named layers' weights, so that random
+    scores spread out instead of saturating at one and random mask probabilities stay clear of the threshold),
+    exported by the tool with ``flags`` and checked at 96x128 and
+    160x224; the tool's output kept beside the file."""
+    from efficientformer_timm.export_model import load_mm_model
+    folder.mkdir()
+    _, model = load_mm_model(str(config), scopes=('mmdet',))
+    randomize_(model)
+    with torch.no_grad():
+        for name, factor in (scale or {}).items():
+            model.get_submodule(name).weight.mul_(factor)
+    torch.save({'state_dict': model.state_dict()}, folder / 'model.pth')
+    code, out, err = _run_tool(config, folder / 'model.pth', folder / 'model.onnx', '--check-sizes', '96x128',
+                               '160x224', *flags)
+    assert code == 0, err
+    (folder / 'stdout.txt').write_text(out)
+
+
+def _make_retinanet(folder):
+    folder.mkdir()
+    (folder / 'retinanet.py').write_text(TOY_RETINANET)
+    _make_detector(folder / 'made', folder / 'retinanet.py', '--score-thr', '0.9')
+
+
+@pytest.fixture(scope='session')
+def retinanet(tmp_path_factory):
+    pytest.importorskip('mmdet')
+    return made_once(tmp_path_factory, 'export_model_retinanet', _make_retinanet)
+
+
+@pytest.fixture(scope='session')
+def maskrcnn(tmp_path_factory):
+    pytest.importorskip('mmdet')
+    return made_once(tmp_path_factory, 'export_model_maskrcnn', lambda folder: _make_detector(
+        folder, TOY_MASKRCNN, '--score-thr', '0.55', scale={'roi_head.bbox_head.fc_cls': 0.2,
+                                                            'roi_head.bbox_head.fc_reg': 0.2,
+                                                            'roi_head.mask_head.conv_logits': 5}))
+
+
+def _mmdet_wrapper(config, folder, **settings):
+    from efficientformer_timm.export_model import DetectionExport, load_mm_model
+    return DetectionExport(load_mm_model(str(config), str(folder / 'model.pth'), scopes=('mmdet',))[1], **settings)
+
+
+@pytest.mark.mm
+def test_retinanet_tool_writes_a_file_that_matches_mmdet_predict_at_any_size(retinanet):
+    """Every detection of mmdet's predict above the threshold matched one to one in both runtimes at two sizes
+    the file was not traced at, with the config's test settings and the threshold given on the command line."""
+    out = (retinanet / 'made' / 'stdout.txt').read_text()
+    _detection_rows(out)
+    assert re.search(r'^wrote \S+model\.onnx \(any input size, one image per run; outputs boxes scores labels; '
+                     r'score_thr 0\.9, max_per_img 100, nms_pre 1000, iou_thr 0\.5\); input: RGB pixels', out, re.M)
+    # a third size, against mmdet's own predict, outside the tool's check: the file's outputs as documented
+    wrapper = _mmdet_wrapper(retinanet / 'retinanet.py', retinanet / 'made', score_thr=0.9)
+    x = torch.randn(1, 3, 112, 200, generator=torch.Generator().manual_seed(3))
+    got = ExportedModel(str(retinanet / 'made' / 'model.onnx'))(x)
+    expected = wrapper.reference(x)
+    assert len(expected['scores']) > 0 and got['boxes'].shape == (len(expected['scores']), 4)
+    assert got['labels'].dtype == np.int64 and got['scores'].dtype == np.float32
+    order = np.argsort(-got['scores'], kind='stable')
+    assert np.allclose(got['scores'][order], expected['scores'].numpy(), atol=1e-4)
+    assert (got['scores'] > 0.9).all() and (got['boxes'][:, 2:] <= [200, 112]).all() and (got['boxes'] >= 0).all()
+
+
+@pytest.mark.mm
+def test_check_detector_names_the_detection_that_differs_and_needs_images(retinanet):
+    from efficientformer_timm.export_model import check_detector
+    path = str(retinanet / 'made' / 'model.onnx')
+    wrapper = _mmdet_wrapper(retinanet / 'retinanet.py', retinanet / 'made', score_thr=0.9)
+    images = random_images([(96, 128)], batch=1)
+    assert check_detector(wrapper, path, images, ['onnxruntime'])[0]['matched'] > 0
+    with pytest.raises(ValueError, match='no images to check the exported file on'):
+        check_detector(wrapper, path, [], ['onnxruntime'])
+    with torch.no_grad():  # a model the file was not made from: every score moves
+        wrapper.model.bbox_head.retina_cls.bias.add_(0.05)
+    message = (r'detections differ in onnxruntime at 96x128 \(image 0\): a detection of the framework \(label \d, '
+               r'score 0\.9\d+, box \[.*\]\) has no match in the file \(same label, box IoU >= 0\.99 or corners within '
+               r'0\.05 px, score within 0\.001\): the nearest of label \d there has box IoU ')
+    with pytest.raises(ExportCheckError, match=message):
+        check_detector(wrapper, path, images, ['onnxruntime'])
+
+
+@pytest.mark.mm
+def test_maskrcnn_tool_writes_boxes_and_masks_that_match_mmdet_predict(maskrcnn):
+    out = (maskrcnn / 'stdout.txt').read_text()
+    _detection_rows(out, masks=True)
+    assert re.search(r'^wrote \S+model\.onnx \(any input size, one image per run; outputs boxes scores labels masks; '
+                     r'score_thr 0\.55, max_per_img 100, mask_thr_binary 0\.5, iou_thr 0\.5\)', out, re.M), out
+    wrapper = _mmdet_wrapper(TOY_MASKRCNN, maskrcnn, score_thr=0.55)
+    x = torch.randn(1, 3, 112, 200, generator=torch.Generator().manual_seed(3))
+    got = ExportedModel(str(maskrcnn / 'model.onnx'), 'openvino')(x)
+    expected = wrapper.reference(x)
+    assert got['masks'].dtype == np.bool_ and got['masks'].shape == (len(expected['scores']), 112, 200)
+    assert 0 < got['masks'].sum() and len(expected['scores']) > 0
+    order = np.argsort(-got['scores'], kind='stable')
+    assert np.allclose(got['scores'][order], expected['scores'].numpy(), atol=1e-4)
+    agreement = (torch.from_numpy(got['masks'][order]) == expected['masks']).double().mean()
+    assert agreement >= 0.999
+
+
+@pytest.mark.mm
+def test_detector_tool_refuses_bad_input_and_leaves_nothing(retinanet, semfpn, tmp_path):
+    out = tmp_path / 'model.onnx'
+    cases = [
+        ((retinanet / 'retinanet.py', semfpn / 'semfpn.pth', out),
+         r'error: \S+semfpn\.pth is not a checkpoint of \S+retinanet\.py: tensors \d+ missing'),
+        ((TOY_MASKRCNN, retinanet / 'made' / 'model.pth', out),
+         r'error: \S+model\.pth is not a checkpoint of \S+maskrcnn_l1_toy\.py: tensors \d+ missing'),
+        ((TOY_MASKRCNN, tmp_path / 'none.pth', out), r'error: checkpoint \S+none\.pth not found'),
+        ((retinanet / 'retinanet.py', retinanet / 'made' / 'model.pth', out, '--images'),
+         'error: --images names no files'),
+    ]
+    for args, message in cases:
+        code, _, err = _run_tool(*args)
+        assert code == 1 and re.search(message, err), (args, err)
+    assert os.listdir(tmp_path) == []
+    from efficientformer_timm.export_model import DetectionExport, load_mm_model
+    with pytest.raises(ValueError, match='nms_pre: a two-stage detector takes it in its RPN settings'):
+        DetectionExport(load_mm_model(TOY_MASKRCNN, scopes=('mmdet',))[1], nms_pre=100)
+    for runtime in BOTH:  # one image per run
+        with pytest.raises(ValueError, match=r'model\.onnx takes batches of 1 image\(s\), got 2'):
+            ExportedModel(str(retinanet / 'made' / 'model.onnx'), runtime)(torch.randn(2, 3, 96, 128))
+
+
+@pytest.mark.mm
+def test_deploy_page_detection_snippet_runs_as_written(retinanet, tmp_path, capsys, monkeypatch):
+    """docs/deploy.md's detection snippet (an image file to the padded normalised input, boxes drawn), on the shared
+    RetinaNet file at a small test scale, gives mmdet's detections for that input."""
+    from PIL import Image
+    page = open(os.path.join(ROOT, 'docs', 'deploy.md')).read()
+    block = re.search(r'## Whole detectors\n.*?```python\n(.*?)```', page, re.S).group(1)
+    assert 'height = 800 ' in block
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
+        tmp_path / 'street.jpg')
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block.replace('"retinanet.onnx"', repr(str(retinanet / 'made' / 'model.onnx')))
+         .replace('height = 800 ', 'height = 100 '), namespace)
+    assert namespace['x'].shape == (1, 3, 128, 160)  # 100x133 padded to multiples of 32
+    assert Image.open(tmp_path / 'street_detections.png').size == (133, 100)
+    wrapper = _mmdet_wrapper(retinanet / 'retinanet.py', retinanet / 'made', score_thr=0.9)
+    expected = wrapper.reference(torch.from_numpy(namespace['x']))
+    assert capsys.readouterr().out == f'{len(expected["scores"])} detections\n'
+    assert np.allclose(np.sort(namespace['scores'])[::-1], expected['scores'].numpy(), atol=1e-4)
+
+
+def test_torchvision_retinanet_on_the_package_backbone_exports(tmp_path):
+    """torchvision's RetinaNet on efficientformer_fpn_backbone (narrow FPN, random weights): the file, given the
+    image as the model's transform hands it on, matches torchvision's own forward one to one in both runtimes at
+    two sizes other than the traced one, one of them no multiple of 32 (the padding is in the graph)."""
+    from torchvision.models.detection import MaskRCNN, RetinaNet
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from efficientformer_timm.export_model import check_detector, export_torchvision_detector
+    from efficientformer_timm.torchvision import efficientformer_fpn_backbone
+
+    def backbone(**kwargs):
+        return efficientformer_fpn_backbone('efficientformer_l1', out_channels=32, **kwargs)
+
+    with pytest.raises(TypeError, match="MaskRCNN .*: of torchvision's detectors only RetinaNet exports"):
+        export_torchvision_detector(MaskRCNN(backbone(), num_classes=3).eval(), str(tmp_path / 'never.onnx'))
+    model = randomize_(RetinaNet(backbone(returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(32, 32)),
+                                 num_classes=3)).eval()
+    with torch.no_grad():  # random scores spread out rather than saturating at one; boxes of a sensible size
+        model.head.classification_head.cls_logits.weight.mul_(0.1)
+        model.head.regression_head.bbox_reg.weight.mul_(0.2)
+    path = str(tmp_path / 'retinanet.onnx')
+    wrapper = export_torchvision_detector(model, path, score_thr=0.7, max_per_img=150)
+    assert wrapper.settings() == dict(score_thr=0.7, max_per_img=150, nms_pre=1000, iou_thr=0.5)
+    rows = check_detector(wrapper, path, random_images([(96, 128), (100, 150)], batch=1), BOTH)
+    assert [(r['runtime'], r['size']) for r in rows] == [(rt, s) for rt in BOTH for s in ('96x128', '100x150')]
+    assert all(0 < r['matched'] == r['detections'] == r['file'] for r in rows), rows
+    assert all(r['box_iou'] >= 0.99 and r['score_diff'] <= 1e-3 for r in rows), rows
+    assert os.listdir(tmp_path) == ['retinanet.onnx']
