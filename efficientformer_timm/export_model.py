@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validate import MIN_INPUT_SIZE
-from .export import RUNTIMES, onnxruntime_session, openvino_model, outputs_match
+from .export import ATOL, RTOL, RUNTIMES, onnxruntime_session, openvino_model, outputs_match
 
 __all__ = ['ExportCheckError', 'ShapeAdaptiveAvgPool2d', 'ShapeUpsample', 'exportable', 'SegmentationExport',
            'export_segmentor', 'check_segmentor', 'ExportedModel', 'random_images', 'load_mm_model',
            'load_mm_checkpoint', 'preprocessing', 'normalised_image', 'DetectionExport', 'export_detector',
-           'check_detector']
+           'check_detector', 'TorchvisionDetectionExport', 'export_torchvision_detector']
 
 SEGMENTATION_OUTPUTS = ('logits', 'class_map')
 
@@ -297,7 +297,7 @@ def _batches(images) -> List[torch.Tensor]:
 
 
 def check_segmentor(wrapper: SegmentationExport, path: str, images: Sequence[torch.Tensor],
-                    runtimes: Sequence[str] = RUNTIMES, rtol: float = 1e-4, atol: float = 1e-4,
+                    runtimes: Sequence[str] = RUNTIMES, rtol: float = RTOL, atol: float = ATOL,
                     min_agreement: float = 0.999) -> List[dict]:
     """Run the file at ``path`` in each runtime on each of ``images`` (normalised (B, 3, H, W) batches or (3, H, W)
     images) and compare with the framework's own prediction (``wrapper.reference``): the logits within ``atol +

@@ -5,7 +5,7 @@ import pathlib
 import torch
 from filelock import FileLock
 
-from efficientformer_timm.variants import MODEL_NAMES, V1_MODEL_NAMES, V2_MODEL_NAMES
+from efficientformer_timm.variants import EFFICIENTFORMER_ARCHS, MODEL_NAMES, V1_MODEL_NAMES, V2_MODEL_NAMES
 
 V1_MODELS = list(V1_MODEL_NAMES)
 V2_MODELS = list(V2_MODEL_NAMES)
@@ -45,3 +45,14 @@ def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
             make(partial)
             os.replace(partial, path)
     return path
+
+
+def fewer_blocks(name: str) -> dict:
+    """``name``'s widths and kinds of blocks with one or two blocks a stage: V1's last stage keeps pooling blocks
+    before its attention blocks (L7's has attention blocks only), and several of those where the variant has them;
+    V2 keeps blocks of both MLP ratios and one attention block in stages 2 and 3."""
+    if 'v2' in name:
+        return dict(depths=(1, 1, 2, 2), num_vit=1, mlp_ratios=(4, 4, (3, 4), (3, 4)))
+    arch = EFFICIENTFORMER_ARCHS[name.split('_')[-1]]
+    num_vit = min(arch['num_vit'], 2)
+    return dict(depths=(1, 1, 1, num_vit + (arch['depths'][3] > arch['num_vit'])), num_vit=num_vit)

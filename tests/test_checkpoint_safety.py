@@ -219,3 +219,24 @@ def test_mmengine_checkpoint_loads_and_resumes_in_a_runner(trained, runner):
                  'param_schedulers')
     _assert_same(runner.message_hub.get_scalar('train/loss'), checkpoint['message_hub']['log_scalars']['train/loss'],
                  'train/loss')
+
+
+@pytest.mark.mm
+def test_statistics_a_checkpoint_would_swap_into_history_buffer_are_refused_and_restored(tmp_path, monkeypatch):
+    """HistoryBuffer's unpickling writes the statistics methods a buffer carries into a registry of the class: a
+    file that swaps one for another allowed global is refused and the registry left as it was."""
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner import CheckpointLoader
+    buffer = HistoryBuffer()
+    buffer.update(1.0)
+    before = dict(HistoryBuffer._statistics_methods)
+    pickled = HistoryBuffer.__getstate__
+    monkeypatch.setattr(HistoryBuffer, '__getstate__',
+                        lambda self: dict(pickled(self), statistics_methods={'mean': np.dtype}))
+    torch.save({'message_hub': buffer}, tmp_path / 'swap.pth')
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"swap\.pth: it replaces the statistics \['mean'\] of HistoryBuffer"):
+        CheckpointLoader.load_checkpoint(str(tmp_path / 'swap.pth'))
+    assert HistoryBuffer._statistics_methods == before and before['mean'] is HistoryBuffer.mean
+    torch.save({'message_hub': buffer}, tmp_path / 'plain.pth')  # the statistics mmengine itself pickles
+    assert CheckpointLoader.load_checkpoint(str(tmp_path / 'plain.pth'))['message_hub'].mean() == 1.0

@@ -16,8 +16,7 @@ from efficientformer_timm.checkpoint import timm_to_original
 from efficientformer_timm import fuse
 from efficientformer_timm.export import check_onnx, export_onnx, onnxruntime_session, outputs_match
 from efficientformer_timm.fuse import FoldedMetaBlock2d, FoldedV2Block, fuse_batchnorm, timm_state_dict
-from efficientformer_timm.variants import EFFICIENTFORMER_ARCHS
-from helpers import ALL_MODELS, made_once, randomize_
+from helpers import ALL_MODELS, fewer_blocks, made_once, randomize_
 
 EXPORT_ONNX = os.path.join(os.path.dirname(__file__), '..', 'tools', 'export_onnx.py')
 
@@ -131,23 +130,12 @@ def test_cached_bias_equals_resize_every_forward(name):
     assert all(not m.attention_bias_cache for m in reference.modules() if hasattr(m, 'attention_bias_cache'))
 
 
-def _fewer_blocks(name):
-    """``name``'s widths and kinds of blocks with one or two blocks a stage: V1's last stage keeps pooling blocks
-    before its attention blocks (L7's has attention blocks only), and several of those where the variant has them;
-    V2 keeps blocks of both MLP ratios and one attention block in stages 2 and 3."""
-    if 'v2' in name:
-        return dict(depths=(1, 1, 2, 2), num_vit=1, mlp_ratios=(4, 4, (3, 4), (3, 4)))
-    arch = EFFICIENTFORMER_ARCHS[name.split('_')[-1]]
-    num_vit = min(arch['num_vit'], 2)
-    return dict(depths=(1, 1, 1, num_vit + (arch['depths'][3] > arch['num_vit'])), num_vit=num_vit)
-
-
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_scripted_traced_and_fused_models_equal_eager(name):
     """Every variant (widths, numbers of attention blocks) through TorchScript, torch.jit.trace, FX and BatchNorm
     fusion (contiguous and channels_last), classification and features_only, at a small odd size (TorchScript at most
     128 pixels a side, as timm's own tests script). Fewer blocks a stage: these paths work per kind of block."""
-    small = _fewer_blocks(name)
+    small = fewer_blocks(name)
     model = randomize_(timm.create_model(name, drop_path_rate=0., **small)).eval()
     weights = dict(pretrained=True, pretrained_cfg_overlay=dict(state_dict=model.state_dict()), **small)
     features = timm.create_model(name, features_only=True, **weights).eval()

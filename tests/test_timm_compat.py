@@ -11,7 +11,7 @@ from timm.models import adapt_input_conv, create_feature_extractor
 
 from efficientformer_timm import CheckpointError, load_checkpoint
 from efficientformer_timm.checkpoint import infer_model_name, timm_to_original
-from helpers import ALL_MODELS, V1_MODELS, randomize_
+from helpers import ALL_MODELS, V1_MODELS, fewer_blocks, randomize_
 
 STRIDES = (4, 8, 16, 32)
 SIZES = [(224, 224), (96, 160)]
@@ -40,9 +40,10 @@ SCRIPTED = ['efficientformer_l3', 'efficientformerv2_s0']
 
 @pytest.mark.parametrize('name', SCRIPTED)
 def test_torchscript_equals_eager(name):
-    model = randomize_(timm.create_model(name, drop_path_rate=0.)).eval()
+    small = fewer_blocks(name)  # every kind of block: scripting time grows with the blocks
+    model = randomize_(timm.create_model(name, drop_path_rate=0., **small)).eval()
     scripted = torch.jit.script(model)
-    features = randomize_(timm.create_model(name, features_only=True)).eval()
+    features = randomize_(timm.create_model(name, features_only=True, **small)).eval()
     scripted_features = torch.jit.script(features)
     for height, width in SIZES:
         x = torch.randn(2, 3, height, width)
@@ -70,11 +71,12 @@ def _stage_outputs(model, x):
 
 @pytest.mark.parametrize('name', SCRIPTED)
 def test_fx_equals_eager(name):
-    model = randomize_(timm.create_model(name, drop_path_rate=0.)).eval()
+    small = fewer_blocks(name)
+    model = randomize_(timm.create_model(name, drop_path_rate=0., **small)).eval()
     graph = torch.fx.symbolic_trace(model)
     extractor = create_feature_extractor(model, {f'stages.{i}': str(i) for i in range(4)})
     fx_features = timm.create_model(name, features_only=True, feature_cls='fx', pretrained=True,
-                                    pretrained_cfg_overlay=dict(state_dict=model.state_dict())).eval()
+                                    pretrained_cfg_overlay=dict(state_dict=model.state_dict()), **small).eval()
     for height, width in SIZES:
         x = torch.randn(2, 3, height, width)
         with torch.no_grad():

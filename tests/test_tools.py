@@ -80,8 +80,9 @@ def test_no_tool_or_test_edits_the_import_path():
 
 
 def test_export_checks_share_one_tolerance(help_pages):
-    """One rule for "matches PyTorch": ``outputs_match`` without tolerance arguments, ``check_onnx`` and the export
-    tool's flags all accept max |got - expected| up to 1e-4 + 1e-5 x max |expected|, and no more."""
+    """One rule for "matches PyTorch": ``outputs_match`` without tolerance arguments, ``check_onnx``,
+    ``check_segmentor`` and both export tools' flags all accept max |got - expected| up to 1e-4 + 1e-5 x
+    max |expected|, and no more."""
     import inspect
     import torch
     from efficientformer_timm.export import check_onnx, outputs_match
@@ -91,8 +92,13 @@ def test_export_checks_share_one_tolerance(help_pages):
         assert (share <= 1) == accepted and share == pytest.approx(diff / 2e-4)
     check_defaults = inspect.signature(check_onnx).parameters
     assert (check_defaults['rtol'].default, check_defaults['atol'].default) == (1e-5, 1e-4)
-    returncode, stdout, _ = help_pages['export_onnx.py']
-    assert returncode == 0
-    help_text = ' '.join(stdout.split())
-    rtol_help, atol_help = help_text.split(' --rtol RTOL ')[1].split(' --atol ATOL ')
-    assert 'default: 1e-05)' in rtol_help and 'default: 0.0001)' in atol_help.split(' --opset ')[0]
+    from efficientformer_timm.export_model import check_segmentor
+    segmentor_defaults = inspect.signature(check_segmentor).parameters
+    assert (segmentor_defaults['rtol'].default, segmentor_defaults['atol'].default) == (1e-5, 1e-4)
+    for tool in ('export_onnx.py', 'export_model.py'):  # the whole-model tool checks logits by the same rule
+        returncode, stdout, _ = help_pages[tool]
+        assert returncode == 0
+        help_text = ' '.join(stdout.split())
+        defaults = [re.search(rf' --{flag} {flag.upper()} .*?default: ([^)]*)\)', help_text).group(1)
+                    for flag in ('rtol', 'atol')]
+        assert defaults == ['1e-05', '0.0001'], tool

@@ -40,8 +40,9 @@ def read_file(path, map_location='cpu'):
         raise CheckpointError(
             f'cannot read checkpoint {path}: it pickles {", ".join(refused)}, which a weights-only load does not '
             'allow: unpickling a global can run code, so nothing in the file was run. Load only checkpoints from a '
-            'source you trust; to use one you trust, load it once with torch.load(..., weights_only=False) and '
-            'torch.save its state dict, which loads here.') from e
+            'source you trust; to use one you trust, allow the globals it names with '
+            'torch.serialization.add_safe_globals before loading it (a training checkpoint to resume), or load it '
+            'once with torch.load(..., weights_only=False) and torch.save its state dict, which loads here.') from e
     except Exception as e:  # torch / safetensors raise many types for truncated or foreign files
         raise CheckpointError(_unreadable(path, e)) from e
 

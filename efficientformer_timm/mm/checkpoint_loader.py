@@ -35,7 +35,9 @@ def _restricted_getattr(obj, name):
         raise CheckpointError(
             f'it pickles builtins.getattr({what}, {name!r}); mmengine\'s checkpoints only reach the statistics '
             f'methods {sorted(n for _, n in _GETATTR_ANSWERS)} of {HistoryBuffer.__qualname__} that way, so '
-            'nothing was run. Load only checkpoints from a source you trust.')
+            'nothing was run. Load only checkpoints from a source you trust; for a trusted training checkpoint that '
+            'logs statistics of its own (HistoryBuffer.register_statistics), allow them before loading it with '
+            'torch.serialization.add_safe_globals.')
     return getattr(obj, name)
 
 
@@ -65,5 +67,19 @@ def _allow_mmengine_globals():
 def load_local_checkpoint(filename, map_location=None):
     """Local files: safetensors, or torch files read with ``weights_only=True`` plus what mmengine's checkpoints
     pickle. A file that cannot be read, or pickles anything else, raises the package's CheckpointError naming it."""
-    with _allow_mmengine_globals():
-        return read_file(os.path.expanduser(filename), map_location)
+    filename = os.path.expanduser(filename)
+    # HistoryBuffer's unpickling writes the statistics methods it carries into a registry of the class
+    statistics = {name: getattr(HistoryBuffer, name) for _, name in _GETATTR_ANSWERS}  # set by its first buffer
+    statistics.update(HistoryBuffer._statistics_methods)
+    try:
+        with _allow_mmengine_globals():
+            return read_file(filename, map_location)
+    finally:
+        changed = sorted(name for name, method in HistoryBuffer._statistics_methods.items()
+                         if method is not statistics.get(name))
+        if changed:
+            HistoryBuffer._statistics_methods.clear()
+            HistoryBuffer._statistics_methods.update(statistics)
+            raise CheckpointError(f'cannot read checkpoint {filename}: it replaces the statistics {changed} of '
+                                  f'{HistoryBuffer.__qualname__}, which mmengine\'s checkpoints never do; the '
+                                  'registry was restored. Load only checkpoints from a source you trust.')
