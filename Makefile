@@ -13,8 +13,7 @@ STAMP_LATEST := $(VENV_LATEST)/.installed
 # 4.40.2, which runs in the verified stack's interpreter), and the whole-model export of transformers' UperNet; not the
 # OpenMMLab adapter, whose mmcv build needs torch 2.13, nor the other whole-model exports (minutes of tracing each),
 # nor the export tool's command line (the package's export runs here) and the rendered tables (the same text)
-CORE_TESTS := -m "not mm" -k "not (compile_dynamic_shapes and aot_eager) and not onnx_export_tool_writes \
-	and not generated_tables_are_current" tests/test_models.py tests/test_checkpoint.py \
+CORE_TESTS := -m "not mm" -k "not onnx_export_tool_writes and not generated_tables_are_current" tests/test_models.py tests/test_checkpoint.py \
 	tests/test_fusion_export.py tests/test_inputs.py tests/test_timm_compat.py tests/test_output_stride.py tests/test_routes.py tests/test_hf.py \
 	tests/test_packaging.py tests/test_docs.py tests/test_checkpoint_safety.py \
 	tests/test_export_model.py::test_transformers_upernet_on_the_package_backbone_exports
@@ -44,11 +43,10 @@ demo: $(STAMP)
 
 test: test-verified test-latest
 
-# torch.compile with dynamic shapes: inductor's code generation (L1 and V2-S0) on the newest torch, where inductor
-# changes; dynamo and AOTAutograd's symbolic shapes (V2-S0) on the verified one, where the benchmark's training test
-# also runs inductor (static shapes)
+# torch.compile with dynamic shapes (L1 and V2-S0, inductor) on the newest torch, where inductor changes; on the
+# verified one the benchmark's training test runs inductor with static shapes
 test-verified: $(STAMP)
-	$(PARALLEL) $(PYTHON) -m pytest -q $(XDIST) --durations=25 -k "not (compile_dynamic_shapes and inductor)"
+	$(PARALLEL) $(PYTHON) -m pytest -q $(XDIST) --durations=25 -k "not compile_dynamic_shapes"
 	$(PARALLEL) $(PYTHON) tools/run_timm_tests.py $(XDIST)
 
 test-latest: $(STAMP_LATEST) $(STAMP)
