@@ -614,6 +614,16 @@ def _paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height, width) -> tor
     return rows @ masks @ cols.transpose(1, 2)
 
 
+def _export_one_image(wrapper: nn.Module, model: nn.Module, path: str, static_size: Optional[Tuple[int, int]],
+                      opset: int) -> nn.Module:
+    """Export a detector ``wrapper`` of ``model``: one image a run, H and W dynamic or ``static_size`` only."""
+    size = _check_static_size(static_size, 1) if static_size else (256, 320)
+    with exportable(model):
+        _export(wrapper, path, torch.randn(1, 3, *size), _dims(static_size, 1, batch=False), wrapper.output_names,
+                opset)
+    return wrapper
+
+
 def export_detector(model: nn.Module, path: str, static_size: Optional[Tuple[int, int]] = None, opset: int = 20,
                     score_thr: Optional[float] = None, iou_thr: Optional[float] = None,
                     max_per_img: Optional[int] = None, nms_pre: Optional[int] = None) -> DetectionExport:
@@ -622,12 +632,8 @@ def export_detector(model: nn.Module, path: str, static_size: Optional[Tuple[int
     ``labels`` (N,, int64) [, ``masks`` (N, H, W) bool], after the score threshold and NMS. One image per run; H
     and W dynamic, or ``static_size`` only. Returns the wrapper (``check_detector`` compares the file with its
     ``reference``, mmdet's predict)."""
-    wrapper = DetectionExport(model, score_thr, iou_thr, max_per_img, nms_pre).eval()
-    size = _check_static_size(static_size, 1) if static_size else (256, 320)
-    with exportable(model):
-        _export(wrapper, path, torch.randn(1, 3, *size), _dims(static_size, 1, batch=False), wrapper.output_names,
-                opset)
-    return wrapper
+    return _export_one_image(DetectionExport(model, score_thr, iou_thr, max_per_img, nms_pre).eval(), model, path,
+                             static_size, opset)
 
 
 def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -825,9 +831,5 @@ def export_torchvision_detector(model: nn.Module, path: str, static_size: Option
                                 nms_pre: Optional[int] = None) -> TorchvisionDetectionExport:
     """Write torchvision's ``RetinaNet`` (in eval) to ``path`` (``TorchvisionDetectionExport``: the image as the
     model's transform hands it on, one per run -> boxes, scores, labels); check it with ``check_detector``."""
-    wrapper = TorchvisionDetectionExport(model, score_thr, iou_thr, max_per_img, nms_pre).eval()
-    size = _check_static_size(static_size, 1) if static_size else (256, 320)
-    with exportable(model):
-        _export(wrapper, path, torch.randn(1, 3, *size), _dims(static_size, 1, batch=False), wrapper.output_names,
-                opset)
-    return wrapper
+    return _export_one_image(TorchvisionDetectionExport(model, score_thr, iou_thr, max_per_img, nms_pre).eval(),
+                             model, path, static_size, opset)

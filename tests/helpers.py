@@ -2,6 +2,7 @@
 import os
 import pathlib
 
+import numpy as np
 import torch
 from filelock import FileLock
 
@@ -56,3 +57,25 @@ def fewer_blocks(name: str) -> dict:
     arch = EFFICIENTFORMER_ARCHS[name.split('_')[-1]]
     num_vit = min(arch['num_vit'], 2)
     return dict(depths=(1, 1, 1, num_vit + (arch['depths'][3] > arch['num_vit'])), num_vit=num_vit)
+
+
+def assert_same_contents(a, b, where: str = 'checkpoint') -> None:
+    """Bit-identical nested checkpoint contents: tensors, numpy arrays and scalars, containers (dict keys in the same
+    order), mmengine's message-hub buffers (by their attributes), other values by ==; ``where`` names a difference."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, (np.ndarray, np.generic)):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            assert_same_contents(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_contents(x, y, f'{where}[{i}]')
+    elif type(a).__name__ == 'HistoryBuffer':  # mmengine's; compared by its state
+        assert_same_contents(vars(a), vars(b), f'{where}.__dict__')
+    else:
+        assert a == b, where

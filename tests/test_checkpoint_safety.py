@@ -13,7 +13,7 @@ import torch
 from efficientformer_timm import CheckpointError, load_checkpoint, read_checkpoint
 from efficientformer_timm.checkpoint import read_file
 from efficientformer_timm.convert import convert_file
-from helpers import made_once
+from helpers import assert_same_contents, made_once
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 TOY_SEMFPN = os.path.join(ROOT, 'mm_configs', 'toy', 'semfpn_l1_toy.py')
@@ -169,35 +169,13 @@ def test_runner_set_to_resume_refuses_code(runner, crafted_resume):
     assert not marker.exists()
 
 
-def _assert_same(a, b, where):
-    """Equal nested checkpoint contents: tensors, numpy arrays and scalars, containers, message-hub buffers."""
-    from mmengine.logging import HistoryBuffer
-    assert type(a) is type(b), where
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, (np.ndarray, np.generic)):
-        assert a.dtype == b.dtype and np.array_equal(a, b), where
-    elif isinstance(a, dict):
-        assert list(a) == list(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    elif isinstance(a, HistoryBuffer):
-        _assert_same(vars(a), vars(b), f'{where}.__dict__')
-    else:
-        assert a == b, where
-
-
 @pytest.mark.mm
 def test_mmengine_checkpoint_loads_as_written(trained):
     from mmengine.logging import HistoryBuffer
     from mmengine.runner import CheckpointLoader
     path = trained / 'work' / 'iter_2.pth'
     loaded = CheckpointLoader.load_checkpoint(str(path))
-    _assert_same(loaded, torch.load(path, weights_only=False), 'checkpoint')  # the test's own file: trusted
+    assert_same_contents(loaded, torch.load(path, weights_only=False), 'checkpoint')  # the test's own file: trusted
     assert {'meta', 'state_dict', 'message_hub', 'optimizer', 'param_schedulers', 'torch_random_states'} <= set(loaded)
     assert 'dataset_meta' in loaded['meta'] and 'randomness' in loaded['meta']['cfg']
     scalars = loaded['message_hub']['log_scalars']
@@ -211,14 +189,14 @@ def test_mmengine_checkpoint_loads_and_resumes_in_a_runner(trained, runner):
     path = str(trained / 'work' / 'iter_2.pth')
     checkpoint = torch.load(path, weights_only=False)
     runner.load_checkpoint(path)
-    _assert_same(runner.model.state_dict(), checkpoint['state_dict'], 'state_dict')
+    assert_same_contents(runner.model.state_dict(), checkpoint['state_dict'], 'state_dict')
     runner.resume(path)
     assert runner.iter == 2
-    _assert_same(runner.optim_wrapper.state_dict(), checkpoint['optimizer'], 'optimizer')
-    _assert_same([s.state_dict() for s in runner.param_schedulers], checkpoint['param_schedulers'],
-                 'param_schedulers')
-    _assert_same(runner.message_hub.get_scalar('train/loss'), checkpoint['message_hub']['log_scalars']['train/loss'],
-                 'train/loss')
+    assert_same_contents(runner.optim_wrapper.state_dict(), checkpoint['optimizer'], 'optimizer')
+    assert_same_contents([s.state_dict() for s in runner.param_schedulers], checkpoint['param_schedulers'],
+                         'param_schedulers')
+    assert_same_contents(runner.message_hub.get_scalar('train/loss'),
+                         checkpoint['message_hub']['log_scalars']['train/loss'], 'train/loss')
 
 
 @pytest.mark.mm

@@ -21,6 +21,7 @@ from mmengine.config import Config
 
 from efficientformer_timm.mm import EfficientFormerRunner
 from efficientformer_timm.synthetic import make_ade20k, make_coco
+from helpers import assert_same_contents
 
 pytestmark = [pytest.mark.mm, pytest.mark.e2e]
 
@@ -60,23 +61,6 @@ def _train_losses(work_dir, key):
     scalars = sorted(glob.glob(os.path.join(work_dir, '*', 'vis_data', 'scalars.json')))[-1]
     rows = [json.loads(line) for line in open(scalars)]
     return [r[key] for r in rows if key in r and 'iter' in r]
-
-
-def _assert_identical(a, b, where):
-    """Bit-identical nested checkpoint contents (tensors, numbers, strings, lists, dicts)."""
-    assert type(a) is type(b), where
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, where
 
 
 # unsmoothed per-iteration losses, and no warm-up so that 12 iterations show the trend
@@ -131,7 +115,7 @@ def test_mim_train_test_resume(framework, tmp_path, monkeypatch):
     final, final_resumed = (torch.load(d / 'iter_12.pth', map_location='cpu', weights_only=False)
                             for d in (work, resumed))
     for key in ('state_dict', 'optimizer', 'param_schedulers'):
-        _assert_identical(final_resumed[key], final[key], key)
+        assert_same_contents(final_resumed[key], final[key], key)
 
 
 def test_distributed_two_cpu_processes(tmp_path):
